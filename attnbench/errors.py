@@ -1,0 +1,18 @@
+"""The one error type for bad user input: it names the key, the value and what is allowed."""
+from __future__ import annotations
+
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """Bad input from a user: reported as one line, exit status 2, before anything runs."""
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        self.key = key
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+    def under(self, prefix: str) -> "ConfigError":
+        """The same error with its key qualified by where it was found (e.g. a file entry)."""
+        return ConfigError(f"{prefix}.{self.key}" if prefix else self.key, self.value, self.allowed)
