@@ -1,0 +1,194 @@
+"""Ablation files (YAML) expanded into validated points.
+
+Schema (every key optional except `name` and `variants`)::
+
+    name: default                     # study name; exports go to results/<name>/
+    description: free text
+    backbones:                        # names, or mappings with per-backbone input settings
+      - {name: cifar_resnet18, input_size: 32, num_classes: 10}
+      - resnet50
+    input_size: 224                   # defaults for backbones that do not set their own
+    num_classes: 1000
+    batch_sizes: [1]
+    placement: {stages: [[2, 3, 4, 5]], position: [standard]}   # axes applied to every variant
+    variants:
+      - module: se
+        grid: {reduction: [4, 8, 16, 32]}               # product of lists
+      - module: lka
+        variants: [{kernel_size: 7, dilation: 2}, ...]  # explicit list
+      - module: dcn
+        stages: [3, 4, 5]                               # one stage set, or a list of sets (an axis)
+        backbones: [resnet50]                           # restrict to some backbones
+
+The baseline `none` joins every backbone x input by itself. Any bad key or value
+raises ConfigError naming where it is (`variants[2].grid.reduction`), the value
+and what is allowed, before anything runs.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from attnbench.errors import ConfigError
+from attnbench.spec import Point, make_point
+
+TOP_KEYS = ("name", "description", "backbones", "input_size", "num_classes", "batch_sizes", "placement", "variants", "measure", "train")
+VARIANT_KEYS = ("module", "grid", "variants", "stages", "position", "backbones")
+BACKBONE_KEYS = ("name", "input_size", "num_classes")
+PLACEMENT_KEYS = ("stages", "position")
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """A parsed ablation file: its name, the expanded points, and the sections later stages read."""
+
+    name: str
+    description: str
+    points: tuple[Point, ...]
+    measure: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] | None = None
+    source: str = ""
+
+
+def load_ablation(path: str | Path) -> Ablation:
+    """Read and validate an ablation file; ConfigError on anything wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("ablation file", str(path), "an existing YAML file (see ablations/)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "parse error"
+        raise ConfigError("ablation file", str(path), f"valid YAML ({problem}{where})") from None
+    return parse_ablation(data, source=str(path))
+
+
+def parse_ablation(data: Any, source: str = "") -> Ablation:
+    """Validate a parsed YAML mapping and expand it into points."""
+    if not isinstance(data, dict):
+        raise ConfigError("ablation file", source or data, "a YAML mapping with at least `name` and `variants`")
+    _only_keys(data, TOP_KEYS, "")
+    name = data.get("name")
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise ConfigError("name", name, "a non-empty name of letters, digits, '-', '_' or '.'")
+    defaults = {"input_size": data.get("input_size", 224), "num_classes": data.get("num_classes", 1000)}
+    backbones = _backbones(data.get("backbones", ["resnet50"]), defaults)
+    batch_sizes = _int_list(data.get("batch_sizes", [1]), "batch_sizes")
+    placement = data.get("placement", {}) or {}
+    if not isinstance(placement, dict):
+        raise ConfigError("placement", placement, "a mapping with keys " + ", ".join(PLACEMENT_KEYS))
+    _only_keys(placement, PLACEMENT_KEYS, "placement.")
+    variants = data.get("variants")
+    if not isinstance(variants, list) or not variants:
+        raise ConfigError("variants", variants, "a non-empty list of {module: NAME, grid: {...}} entries")
+
+    points: dict[str, Point] = {}
+    for backbone in backbones:
+        for batch_size in batch_sizes:
+            baseline = make_point(backbone["name"], "none", input_size=backbone["input_size"], batch_size=batch_size,
+                                  num_classes=backbone["num_classes"], prefix=backbone["prefix"])
+            points.setdefault(baseline.key, baseline)
+    for index, variant in enumerate(variants):
+        for point in _expand_variant(variant, f"variants[{index}].", backbones, batch_sizes, placement):
+            points.setdefault(point.key, point)
+    measure = data.get("measure") or {}
+    if not isinstance(measure, dict):
+        raise ConfigError("measure", measure, "a mapping of measurement options")
+    train = data.get("train")
+    if train is not None and not isinstance(train, dict):
+        raise ConfigError("train", train, "a mapping of training options")
+    return Ablation(name, str(data.get("description", "")), tuple(points.values()), measure, train, source)
+
+
+def _expand_variant(variant: Any, prefix: str, backbones: list[dict], batch_sizes: list[int], placement: dict) -> list[Point]:
+    if isinstance(variant, str):
+        variant = {"module": variant}
+    if not isinstance(variant, dict) or "module" not in variant:
+        raise ConfigError(prefix.rstrip("."), variant, "a mapping with a `module` key")
+    _only_keys(variant, VARIANT_KEYS, prefix)
+    module = variant["module"]
+    grid = variant.get("grid", {}) or {}
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{prefix}grid", grid, "a mapping of hyperparameter -> list of values")
+    axes = {k: v if isinstance(v, list) else [v] for k, v in grid.items()}
+    explicit = variant.get("variants", [{}])
+    if not isinstance(explicit, list) or not all(isinstance(v, dict) for v in explicit) or not explicit:
+        raise ConfigError(f"{prefix}variants", explicit, "a non-empty list of hyperparameter mappings")
+    stage_sets = _stage_axis(variant.get("stages", placement.get("stages")), f"{prefix}stages")
+    positions = _position_axis(variant.get("position", placement.get("position")), f"{prefix}position")
+    only = variant.get("backbones")
+    names = [b["name"] for b in backbones]
+    if only is not None and (not isinstance(only, list) or any(b not in names for b in only)):
+        raise ConfigError(f"{prefix}backbones", only, "a list of backbones from this file: " + ", ".join(names))
+
+    points = []
+    for backbone in backbones:
+        if only is not None and backbone["name"] not in only:
+            continue
+        for combo in itertools.product(*axes.values()):
+            for extra in explicit:
+                hyperparameters = {**dict(zip(axes, combo)), **extra}
+                for stages, position, batch_size in itertools.product(stage_sets, positions, batch_sizes):
+                    points.append(make_point(
+                        backbone["name"], module, hyperparameters, stages=stages, position=position,
+                        input_size=backbone["input_size"], batch_size=batch_size,
+                        num_classes=backbone["num_classes"], prefix=prefix,
+                    ))
+    return points
+
+
+def _backbones(value: Any, defaults: dict[str, Any]) -> list[dict[str, Any]]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ConfigError("backbones", value, "a non-empty list of backbone names or {name, input_size, num_classes}")
+    result = []
+    for index, item in enumerate(value):
+        prefix = f"backbones[{index}]."
+        item = {"name": item} if isinstance(item, str) else item
+        if not isinstance(item, dict) or "name" not in item:
+            raise ConfigError(prefix.rstrip("."), item, "a backbone name or a mapping with `name`")
+        _only_keys(item, BACKBONE_KEYS, prefix)
+        result.append({**defaults, **item, "prefix": prefix})
+    return result
+
+
+def _stage_axis(value: Any, key: str) -> list[Any]:
+    """None (backbone default), one stage set, or a list of stage sets."""
+    if value is None:
+        return [None]
+    if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+        return value
+    if isinstance(value, (list, int)):
+        return [value]
+    raise ConfigError(key, value, "a list of stages, or a list of such lists")
+
+
+def _position_axis(value: Any, key: str) -> list[Any]:
+    if value is None:
+        return [None]
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    raise ConfigError(key, value, "a position name or a list of them")
+
+
+def _int_list(value: Any, key: str) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not value or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
+        raise ConfigError(key, value, "a positive integer or a non-empty list of them")
+    return value
+
+
+def _only_keys(mapping: dict, allowed: tuple[str, ...], prefix: str) -> None:
+    for key in mapping:
+        if key not in allowed:
+            raise ConfigError(f"{prefix}{key}", mapping[key], "not a known key; allowed: " + ", ".join(allowed))

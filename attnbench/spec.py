@@ -1,0 +1,109 @@
+"""Typed points: one backbone x module x hyperparameters x placement x input, validated, with a stable hash."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from attnbench.backbones import get_backbone_entry, plan_slots
+from attnbench.errors import ConfigError
+from attnbench.modules import get_module_entry
+
+
+def _canonical(value: Any) -> Any:
+    """JSON-stable form: tuples become lists, dict keys sorted by json.dumps."""
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class Point:
+    """One thing to measure. Hyperparameters are resolved (defaults filled in) so equal points hash equal."""
+
+    backbone: str
+    attention: str = "none"
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    stages: tuple[int, ...] = ()
+    position: str = "standard"
+    input_size: int = 224
+    batch_size: int = 1
+    num_classes: int = 1000
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """(N, C, H, W) of the input batch."""
+        return (self.batch_size, 3, self.input_size, self.input_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (round-trips through `Point.from_dict`)."""
+        return _canonical(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Point":
+        """Inverse of `to_dict`."""
+        data = dict(data)
+        data["stages"] = tuple(data.get("stages", ()))
+        data["hyperparameters"] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in data.get("hyperparameters", {}).items()
+        }
+        return cls(**data)
+
+    @property
+    def key(self) -> str:
+        """Stable 16-hex hash of everything that defines the point."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def variant_label(self) -> str:
+        """Module with its non-default hyperparameters and placement, e.g. `se(reduction=8)`."""
+        defaults = get_module_entry(self.attention).schema.defaults()
+        changed = [f"{k}={_short(v)}" for k, v in self.hyperparameters.items() if defaults.get(k) != v]
+        label = self.attention + (f"({', '.join(changed)})" if changed else "")
+        entry = get_backbone_entry(self.backbone)
+        module_kind = get_module_entry(self.attention).kind
+        default_stages = entry.conv_stages if module_kind == "conv" else entry.default_stages
+        if self.attention != "none" and self.stages != default_stages:
+            label += "@" + ",".join(map(str, self.stages))
+        if self.attention != "none" and self.position != entry.positions[0]:
+            label += f"[{self.position}]"
+        return label
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "/".join(map(str, value))
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def make_point(
+    backbone: str,
+    attention: str = "none",
+    hyperparameters: dict[str, Any] | None = None,
+    *,
+    stages: Any = None,
+    position: str | None = None,
+    input_size: int = 224,
+    batch_size: int = 1,
+    num_classes: int = 1000,
+    prefix: str = "",
+) -> Point:
+    """Validate everything about a point without building a model; errors name their key."""
+    plan = plan_slots(backbone, attention, stages, position, hyperparameters, prefix)
+    entry = get_backbone_entry(backbone)
+    _positive_int(f"{prefix}batch_size", batch_size)
+    _positive_int(f"{prefix}num_classes", num_classes)
+    _positive_int(f"{prefix}input_size", input_size)
+    if input_size < entry.min_input:
+        raise ConfigError(f"{prefix}input_size", input_size, f"at least {entry.min_input} for backbone {backbone}")
+    return Point(backbone, attention, plan.hyperparameters, plan.stages, plan.position, input_size, batch_size, num_classes)
+
+
+def _positive_int(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(key, value, "a positive integer")
