@@ -1,5 +1,5 @@
 """Fixed backbones with slots for attention modules."""
-from attnbench.backbones import mscan, resnet, van  # noqa: F401  (registration)
+from attnbench.backbones import cifar_resnet, mscan, resnet, van  # noqa: F401  (registration)
 from attnbench.backbones.registry import (
     BackboneEntry,
     SlotPlan,

@@ -124,7 +124,7 @@ class ResNet(nn.Module):
             setattr(self, f"layer{index + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_channels, num_classes)
-        _init_like_torchvision(self)
+        init_like_torchvision(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -132,7 +132,7 @@ class ResNet(nn.Module):
         return self.fc(self.avgpool(x).flatten(1))
 
 
-def _init_like_torchvision(model: nn.Module) -> None:
+def init_like_torchvision(model: nn.Module) -> None:
     """Kaiming fan-out for convs, BN to (1, 0), as torchvision does; slot modules keep their paper's init,
     except a conv-replacing slot's main weight, which is the backbone's 3x3 conv."""
     slot_members: set[int] = set()
