@@ -1,0 +1,214 @@
+"""Published parameter and MAC counts of the backbones, and the harness's own counts beside them.
+
+A published figure is kept exactly as printed (a count, or millions / billions as a decimal
+string), so "agrees" means: the measured value rounds to the printed one at the printed
+precision. All MACs are at 224x224, batch 1, 1000 classes; the tables these come from call
+them FLOPs or GFLOPs but count one multiply-accumulate as one (torchvision's docs, the VAN paper).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from attnbench.backbones import build_model
+from attnbench.report_common import si
+from attnbench.spec import make_point
+
+INPUT_SIZE = 224
+NUM_CLASSES = 1000
+# Short source keys used in the table, and what they cite.
+SOURCES = {
+    "torchvision": "torchvision model docs, ResNet weights tables: Params, and the GFLOPS column (which counts MACs)",
+    "SE": "Hu et al., Squeeze-and-Excitation Networks, arXiv 1709.01507 (SE-ResNet-50 28.1 M; Sec. 4: ~2.5 M extra parameters)",
+    "CBAM": "Woo et al., CBAM: Convolutional Block Attention Module, arXiv 1807.06521 (ResNet-50 + CBAM 28.09 M)",
+    "VAN": "Guo et al., Visual Attention Network, arXiv 2202.09741, and the official VAN-Classification README",
+    "VAN T6": "Guo et al., Visual Attention Network, arXiv 2202.09741, Table 6 (VAN-B0 with LKA (K, d))",
+    "SegNeXt": "Guo et al., SegNeXt, arXiv 2209.08575, ImageNet-1K comparison with MiT and VAN (classifier head included)",
+}
+CAFFE_RESNET = ("the paper's GFLOPs (3.87) are for the original Caffe ResNet-50 with the stride in the first 1x1 conv "
+                "(3.86 there); torchvision puts it in the 3x3, so only parameters are compared")
+
+
+@dataclass(frozen=True)
+class Published:
+    """A model the harness builds, with its published params (exact int, or millions as printed) and MACs (G, as printed)."""
+
+    model: str
+    backbone: str
+    attention: str = "none"
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    params: int | str | None = None
+    macs_g: str | None = None
+    source: str = ""
+    note: str = ""
+    minus: str | None = None  # compare the difference to this other entry (by model name), e.g. an added block
+
+    def build(self) -> Any:
+        """The model, freshly built (validated like any point)."""
+        make_point(self.backbone, self.attention, dict(self.hyperparameters), input_size=INPUT_SIZE, num_classes=NUM_CLASSES)
+        return build_model(self.backbone, self.attention, num_classes=NUM_CLASSES, **self.hyperparameters)
+
+
+PUBLISHED: tuple[Published, ...] = (
+    Published("ResNet-18", "resnet18", params=11_689_512, macs_g="1.814", source="torchvision"),
+    Published("ResNet-34", "resnet34", params=21_797_672, macs_g="3.664", source="torchvision"),
+    Published("ResNet-50", "resnet50", params=25_557_032, macs_g="4.089", source="torchvision"),
+    Published("ResNet-101", "resnet101", params=44_549_160, macs_g="7.801", source="torchvision"),
+    Published("ResNet-152", "resnet152", params=60_192_808, macs_g="11.514", source="torchvision"),
+    Published("SE-ResNet-50 (r=16)", "resnet50", "se", params="28.1", source="SE", note=CAFFE_RESNET),
+    Published("SE-ResNet-50 minus ResNet-50", "resnet50", "se", params="2.5", minus="ResNet-50", source="SE"),
+    Published("CBAM-ResNet-50", "resnet50", "cbam", params="28.09", source="CBAM",
+              note="the paper's GFLOPs (its plain ResNet-50 at about 3.86 G) are for the original layout with the "
+                   "stride in the first 1x1 conv, not torchvision's (4.089 G), so only parameters are compared"),
+    Published("VAN-B0", "van_b0", "lka", params="4.1", macs_g="0.9", source="VAN"),
+    Published("VAN-B1", "van_b1", "lka", params="13.9", macs_g="2.5", source="VAN"),
+    Published("VAN-B2", "van_b2", "lka", params="26.6", macs_g="5.0", source="VAN"),
+    Published("VAN-B3", "van_b3", "lka", params="44.8", macs_g="9.0", source="VAN",
+              note="the paper does not name its counter; ours counts dense MACs only, while counters that add "
+                   "bias, norm and activation ops (mmcv's, ptflops) report more"),
+    *(Published(f"VAN-B0, LKA (K={k}, d={d})", "van_b0", "lka", {"kernel_size": k, "dilation": d}, params=p, source="VAN T6")
+      for k, d, p in ((7, 2, "4.03"), (14, 3, "4.07"), (21, 3, "4.11"), (28, 4, "4.14"))),
+    Published("MSCAN-T", "mscan_t", "msca", params="4.2", source="SegNeXt"),
+    Published("MSCAN-S", "mscan_s", "msca", params="14.0", source="SegNeXt"),
+    Published("MSCAN-B", "mscan_b", "msca", params="26.8", source="SegNeXt"),
+    Published("MSCAN-L", "mscan_l", "msca", params="45.2", source="SegNeXt",
+              note="45.15 M at two decimals; 45.2 only if that is rounded again, half up"),
+)
+
+
+def rounds_to(measured: float, printed: str, unit: float) -> bool:
+    """Whether `measured` / `unit` rounds (half up) to the printed decimal at its precision."""
+    places = Decimal(printed)
+    return (Decimal(measured) / Decimal(unit)).quantize(places, rounding=ROUND_HALF_UP) == places
+
+
+def agrees(measured: float, published: int | str, unit: float) -> bool:
+    """Exact equality for an exact published count, rounding agreement for a printed decimal."""
+    return measured == published if isinstance(published, int) else rounds_to(measured, published, unit)
+
+
+def difference(measured: float, published: int | str, unit: float) -> str:
+    """Measured minus published, as a signed count with an SI prefix (a printed figure is taken at face value)."""
+    return si(measured - (published if isinstance(published, int) else float(Decimal(published) * Decimal(unit))))
+
+
+def count_params(model: Any) -> int:
+    """Elements of the model's distinct parameters (no forward needed)."""
+    return sum({id(p): p.numel() for p in model.parameters()}.values())
+
+
+def measure(entry: Published, macs: Callable[[Any], int] | None) -> dict[str, float | None]:
+    """Measured params (and MACs when the entry publishes them and `macs` is given) of one entry's model."""
+    model = entry.build()
+    return {"params": count_params(model),
+            "macs": macs(model) if (entry.macs_g is not None and macs is not None) else None}
+
+
+def complexity_macs(model: Any) -> int:
+    """MACs at 224x224, batch 1, through the harness's counter (no FlopCounterMode cross-check: same number, twice the time)."""
+    from attnbench.measure.complexity import measure_complexity
+
+    return measure_complexity(model, (1, 3, INPUT_SIZE, INPUT_SIZE), cross_check=False).macs
+
+
+def compare(entry: Published, measured: dict[str, float | None]) -> dict[str, Any]:
+    """One reproduction row: measured beside published, the difference, and whether they agree."""
+    row: dict[str, Any] = {"model": entry.model}
+    if entry.params is not None:
+        published = f"{entry.params:,}" if isinstance(entry.params, int) else f"{entry.params} M"
+        row.update({"params": f"{measured['params']:,.0f}", "published params": published,
+                    "Δ params": difference(measured["params"], entry.params, 1e6),
+                    "params ok": "✓" if agrees(measured["params"], entry.params, 1e6) else "✗"})
+    if entry.macs_g is not None and measured.get("macs") is not None:
+        row.update({"MACs (G)": f"{measured['macs'] / 1e9:.4f}", "published MACs (G)": entry.macs_g,
+                    "Δ MACs": difference(measured["macs"], entry.macs_g, 1e9),
+                    "MACs ok": "✓" if rounds_to(measured["macs"], entry.macs_g, 1e9) else "✗"})
+    row["source"] = entry.source
+    return row
+
+
+def reproduce(entries: tuple[Published, ...] = PUBLISHED, macs: Callable[[Any], int] | None = complexity_macs) -> pd.DataFrame:
+    """Build every entry's model, measure it, and put it beside the published figures (differences use `minus`)."""
+    measured: dict[str, dict[str, float | None]] = {}
+    rows = []
+    for entry in entries:
+        measured[entry.model] = measure(entry, macs)
+        values = dict(measured[entry.model])
+        if entry.minus is not None:
+            reference = measured.get(entry.minus) or measure(next(e for e in entries if e.model == entry.minus), macs)
+            values = {k: None if v is None or reference[k] is None else v - reference[k] for k, v in values.items()}
+        rows.append(compare(entry, values))
+    return pd.DataFrame(rows).fillna("")
+
+
+def published_matches(frame: pd.DataFrame, entries: tuple[Published, ...] = PUBLISHED) -> pd.DataFrame:
+    """Reproduction rows for the study's completed points that are published models (224x224, 1000 classes, defaults)."""
+    if frame.empty or "params" not in frame:
+        return pd.DataFrame()
+    done = frame[frame["state"] == "COMPLETE"] if "state" in frame else frame
+    by_key = {}
+    for entry in entries:
+        if entry.minus is None:
+            point = make_point(entry.backbone, entry.attention, dict(entry.hyperparameters), input_size=INPUT_SIZE, num_classes=NUM_CLASSES)
+            by_key[_identity(point.to_dict())] = entry
+    rows = []
+    for _, row in done.iterrows():
+        identity = _identity({"backbone": row["backbone"], "attention": row["attention"], "hyperparameters": row.get("point_hyperparameters") or {},
+                              "stages": row["stages"], "position": row["position"], "input_size": row["input_size"], "num_classes": row["num_classes"]})
+        if (entry := by_key.get(identity)) is not None:
+            macs = row.get("macs")
+            per_image = None if macs is None or pd.isna(macs) else float(macs) / int(row["batch_size"])
+            rows.append(compare(entry, {"params": float(row["params"]), "macs": per_image}))
+    return pd.DataFrame(rows).fillna("") if rows else pd.DataFrame()
+
+
+def _identity(point: dict[str, Any]) -> str:
+    """Everything that defines a point but the batch size (params and per-image MACs do not depend on it)."""
+    keys = ("backbone", "attention", "hyperparameters", "stages", "position", "input_size", "num_classes")
+    normal = {k: point[k] for k in keys}
+    normal["stages"] = list(normal["stages"])
+    normal["hyperparameters"] = {k: list(v) if isinstance(v, tuple) else v for k, v in dict(normal["hyperparameters"]).items()}
+    return repr(sorted(normal.items()))
+
+
+def sources_markdown(table: pd.DataFrame, entries: tuple[Published, ...] = PUBLISHED) -> str:
+    """The sources cited in `table` and the notes on its rows, as Markdown lists."""
+    cited = [key for key in SOURCES if key in set(table.get("source", []))]
+    shown = set(table.get("model", []))
+    lines = ["Sources:", *(f"- {key}: {SOURCES[key]}" for key in cited)]
+    notes = [f"- {e.model}: {e.note}" for e in entries if e.note and e.model in shown]
+    return "\n".join(lines + (["", "Notes:", *notes] if notes else [])) + "\n"
+
+
+def reproduction_markdown(table: pd.DataFrame, seconds: float | None = None) -> str:
+    """The reproduction table as Markdown with a short preamble, its sources and notes."""
+    lines = [
+        "# Reproduction: measured vs published",
+        "",
+        f"Measured by attnbench at {INPUT_SIZE}x{INPUT_SIZE}, batch 1, {NUM_CLASSES} classes. ✓: the measured value "
+        "equals the published count, or rounds to the published figure at its printed precision. MACs: one "
+        "multiply-accumulate = 1 (what these tables call FLOPs).",
+        "",
+        table.to_markdown(index=False, disable_numparse=True),
+        "",
+        sources_markdown(table),
+    ]
+    if seconds is not None:
+        lines.append(f"Measured in {seconds:.1f} s.")
+    return "\n".join(lines) + "\n"
+
+
+def write_reproduction(results_dir: Path) -> tuple[Path, str]:
+    """Measure every published model, write RESULTS/reproduction.md, and return its path and text."""
+    started = time.perf_counter()
+    table = reproduce()
+    text = reproduction_markdown(table, time.perf_counter() - started)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / "reproduction.md"
+    path.write_text(text)
+    return path, text

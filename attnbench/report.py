@@ -1,0 +1,152 @@
+"""Reports from the store: every point with deltas against the baseline of the same backbone and input.
+
+`export_grid` writes the CSV of everything and the Markdown comparison table; `write_report`
+adds the paper pieces (booktabs table, Pareto and ablation plots, published figures) and
+report.md tying them together; `report_studies` does that for studies read from an Optuna storage.
+"""
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from attnbench.errors import ConfigError
+from attnbench.report_common import GROUP
+
+
+def points_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """All rows as a DataFrame with deltas (absolute and %) against each group's `none` baseline."""
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    for column in ("params", "macs", "flops"):
+        if column not in frame:
+            continue
+        baseline = frame[frame["attention"] == "none"].set_index(GROUP)[column]
+        base = frame.set_index(GROUP).index.map(lambda key: baseline.get(key, float("nan")))
+        values = pd.to_numeric(frame[column], errors="coerce")
+        frame[f"delta_{column}"] = values - base.to_numpy(dtype=float)
+        frame[f"delta_{column}_pct"] = 100.0 * frame[f"delta_{column}"] / base.to_numpy(dtype=float)
+    return frame
+
+
+def _signed(value: float, digits: int) -> str:
+    return "" if pd.isna(value) else f"{value:+.{digits}f}"
+
+
+def comparison_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The human table: params and MACs in M/G with deltas vs baseline, failures with their error."""
+    if frame.empty:
+        return frame
+    table = pd.DataFrame({
+        "backbone": frame["backbone"],
+        "input": frame["input_size"].map(lambda s: f"{s}x{s}"),
+        "variant": frame["label"],
+    })
+    if "params" in frame:
+        table["params (M)"] = (frame["params"] / 1e6).map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+        table["Δparams (M)"] = (frame["delta_params"] / 1e6).map(lambda v: _signed(v, 3))
+        table["Δparams %"] = frame["delta_params_pct"].map(lambda v: _signed(v, 2))
+        table["attn params (M)"] = (frame["attention_params"] / 1e6).map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+    if "macs" in frame:
+        table["MACs (G)"] = (frame["macs"] / 1e9).map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
+        table["ΔMACs (G)"] = (frame["delta_macs"] / 1e9).map(lambda v: _signed(v, 4))
+        table["ΔMACs %"] = frame["delta_macs_pct"].map(lambda v: _signed(v, 2))
+        table["FLOPs (G)"] = (frame["flops"] / 1e9).map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
+    if "uncounted_ops" in frame and frame["uncounted_ops"].fillna("").astype(bool).any():
+        table["uncounted ops"] = frame["uncounted_ops"].fillna("")
+    if (frame["state"] != "COMPLETE").any():
+        table["error"] = frame["error"].fillna("")
+    return table
+
+
+def export_grid(rows: list[dict[str, Any]], out_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write points.csv (every column) and table.md (the comparison table); return both frames."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame = points_frame(rows)
+    if not frame.empty:
+        # Baseline first within each backbone/input group; otherwise keep the ablation file's order.
+        frame = frame.assign(_variant=frame["attention"] != "none")
+        frame = frame.sort_values(GROUP + ["_variant"], kind="stable").drop(columns="_variant").reset_index(drop=True)
+    frame.to_csv(out_dir / "points.csv", index=False)
+    table = comparison_table(frame)
+    (out_dir / "table.md").write_text(table.to_markdown(index=False) + "\n" if not table.empty else "(no points)\n")
+    return frame, table
+
+
+UNITS = ("Units: params in millions (M); MACs = multiply-accumulates in billions (G), what most papers call FLOPs; "
+         "FLOPs = 2 x MACs + element-wise FLOPs (activations, gates, norms, pools). Deltas are against the `none` "
+         "baseline of the same backbone and input.")
+
+
+def _markdown_section(title: str, body: str) -> list[str]:
+    return [f"## {title}", "", body.rstrip(), ""]
+
+
+def write_report(rows: list[dict[str, Any]], out_dir: Path, study: str, source: str = "") -> Path:
+    """Write points.csv, table.md, table.tex, the plots (PNG and PDF) and report.md for one study; return report.md."""
+    from attnbench.published import published_matches, sources_markdown
+    from attnbench.report_latex import latex_table
+    from attnbench.report_plots import plot_ablations, plot_pareto
+
+    frame, table = export_grid(rows, out_dir)
+    (out_dir / "table.tex").write_text(latex_table(frame, study))
+    pareto = plot_pareto(frame, out_dir) if not frame.empty else []
+    ablations = plot_ablations(frame, out_dir) if not frame.empty else []
+    completed = int((frame["state"] == "COMPLETE").sum()) if not frame.empty else 0
+    failed = len(frame) - completed
+
+    lines = [f"# Study `{study}`", "",
+             f"{len(frame)} points: {completed} completed, {failed} failed"
+             + (f"; read from {source}" if source else "")
+             + f"; written {datetime.datetime.now().isoformat(timespec='seconds')}.", "", UNITS, ""]
+    lines += _markdown_section("Comparison", table.to_markdown(index=False) if not table.empty else "(no points)")
+    lines += ["Files: `points.csv` (every column of every point), `table.md`, `table.tex` (booktabs fragment; "
+              "needs `\\usepackage{booktabs}`), figures as PNG and PDF.", ""]
+    if pareto:
+        lines += _markdown_section("Pareto front", f"![Pareto plot]({pareto[0].name})")
+    if ablations:
+        figures = "\n\n".join(f"![{p.stem}]({p.name})" for p in ablations if p.suffix == ".png")
+        lines += _markdown_section("Ablations", "Each figure follows one hyperparameter (or placement) with the "
+                                   "others fixed. Params and MACs are what the module adds over the baseline of the "
+                                   "same backbone; other metrics are as measured, the baseline dashed; error bars: "
+                                   "top-1 std over seeds, half the latency IQR.\n\n" + figures)
+    matches = published_matches(frame)
+    if not matches.empty:
+        lines += _markdown_section("Published figures", matches.to_markdown(index=False, disable_numparse=True)
+                                   + "\n\n" + sources_markdown(matches))
+    if failed:
+        errors = frame[frame["state"] != "COMPLETE"]
+        lines += _markdown_section("Failed points", "\n".join(f"- `{r.label}` on {r.backbone}: {r.error}" for r in errors.itertuples()))
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def study_names(storage: str) -> list[str]:
+    """Names of the studies in an Optuna storage; a missing SQLite or journal file is an error, not a new empty store."""
+    import optuna
+
+    from attnbench.storage import JOURNAL_PREFIX, open_storage
+
+    for prefix in ("sqlite:///", JOURNAL_PREFIX):
+        if storage.startswith(prefix) and not Path(storage.removeprefix(prefix).removeprefix("//")).exists():
+            raise ConfigError("storage", storage, "an existing store (run --grid first)")
+    return list(optuna.get_all_study_names(open_storage(storage)))
+
+
+def report_studies(storage: str, names: Sequence[str], results_dir: Path) -> list[Path]:
+    """Write the report of each named study (none named: every study in the storage); return the report.md paths."""
+    from attnbench.storage import redact
+    from attnbench.study import open_study, trial_rows
+
+    available = study_names(storage)
+    if not available:
+        raise ConfigError("storage", redact(storage), "a store with at least one study (run --grid first)")
+    for name in names:
+        if name not in available:
+            raise ConfigError("report", name, "a study in the storage: " + ", ".join(available))
+    return [write_report(trial_rows(open_study(name, storage)), results_dir / name, name, redact(storage))
+            for name in (names or available)]

@@ -1,0 +1,240 @@
+"""W&B mirror of the store: one run per study holding a table of every point, training curves grouped by study.
+
+W&B is never the record. Measurements are in the Optuna storage before anything here sees
+them, and every W&B call is guarded: the first failure (wandb not importable, no network, a
+bad key) prints one warning line on stderr and turns W&B off for the rest of the tracker, so a
+measurement is never lost or held up. Offline by default: runs go under RESULTS/wandb/ and
+`wandb sync RESULTS/wandb/offline-run-*` uploads them later.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from attnbench.errors import ConfigError
+from attnbench.report import points_frame
+from attnbench.study import trial_rows
+
+MODES = ("offline", "online", "disabled")
+PROJECT = "attnbench"
+TABLE_KEY = "points"
+REFRESH_S = 30.0  # re-log the table at most this often while a grid runs (each log writes the whole table)
+INIT_TIMEOUT_S = 30.0  # online init against an unreachable server gives up after this
+LOGIN_TIMEOUT_S = 30.0  # an interactive login prompt nobody answers gives up after this
+
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*):\S*@")
+_QUERY_SECRET = re.compile(r"(?P<head>[?&;](?:password|passwd|pwd|secret|token|api_?key)=)[^&;\s]*", re.IGNORECASE)
+_SECRET_KEY = re.compile(r"password|passwd|secret|token|api_?key|credential", re.IGNORECASE)
+
+T = TypeVar("T")
+
+
+def redact(text: str) -> str:
+    """`text` with URL passwords (scheme://user:PASSWORD@host) and secret query parameters replaced by ***."""
+    return _QUERY_SECRET.sub(r"\g<head>***", _URL_PASSWORD.sub(r"\g<head>:***@", text))
+
+
+def sanitize(value: Any) -> Any:
+    """A config value safe to hand to W&B: strings redacted, values under secret-looking keys hidden."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {str(k): "***" if _SECRET_KEY.search(str(k)) else sanitize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [sanitize(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def default_mode() -> str:
+    """W&B mode when none is given: WANDB_MODE when it names one of MODES, else offline."""
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    return mode if mode in MODES else "offline"
+
+
+def _cell(value: Any) -> Any:
+    """A table cell W&B accepts in any column: scalars as they are, containers as JSON text, missing as None."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, (bool, int, float)):
+        return value
+    return redact(json.dumps(value, default=str, separators=(",", ":")))
+
+
+def flat_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One table row: the point's hyperparameters spread into `hp/<name>` columns, every cell W&B-safe."""
+    flat: dict[str, Any] = {}
+    for key, value in row.items():
+        if key == "point_hyperparameters" and isinstance(value, Mapping):
+            flat.update({f"hp/{name}": _cell(v) for name, v in value.items()})
+        else:
+            flat[key] = _cell(value)
+    return flat
+
+
+def table_data(rows: Iterable[Mapping[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """(columns, data) for a W&B table: the union of every row's columns, in order of first appearance."""
+    flat = [flat_row(row) for row in rows]
+    columns = list(dict.fromkeys(key for row in flat for key in row))
+    return columns, [[row.get(column) for column in columns] for row in flat]
+
+
+def _records(rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    if isinstance(rows, pd.DataFrame):
+        return rows.to_dict("records")
+    return points_frame(list(rows)).to_dict("records")  # the same columns (deltas included) as the exports
+
+
+def _import_wandb() -> Any:
+    # Before the import: wandb reads these once, and they keep its console output and service quiet.
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_CONSOLE", "off")
+    import wandb
+
+    return wandb
+
+
+def _settings(wandb: Any, mode: str) -> Any:
+    """Quiet settings with bounded waits; no system stats or metadata probes (the harness records its own)."""
+    return wandb.Settings(
+        mode=mode, silent=True, quiet=True, show_info=False, show_warnings=False, console="off",
+        disable_git=True, save_code=False, x_save_requirements=False,
+        x_disable_stats=True, x_disable_meta=True, x_disable_machine_info=True,
+        init_timeout=INIT_TIMEOUT_S, login_timeout=LOGIN_TIMEOUT_S,
+    )
+
+
+class StudyTracker:
+    """W&B mirror of one study: a run (named and grouped after the study) whose `points` table is re-logged as points finish."""
+
+    def __init__(self, study: str, mode: str = "offline", results_dir: Path = Path("results"),
+                 config: Mapping[str, Any] | None = None, refresh_s: float = REFRESH_S) -> None:
+        if mode not in MODES:
+            raise ConfigError("wandb", mode, "one of " + ", ".join(MODES))
+        self.study = study
+        self.mode = mode
+        self.results_dir = Path(results_dir)
+        self.config = sanitize(dict(config or {}))
+        self.refresh_s = refresh_s
+        self.enabled = mode != "disabled"
+        self.seconds = 0.0  # spent inside W&B calls, so its overhead stays visible
+        self.run_dir: Path | None = None
+        self._run: Any = None
+        self._wandb: Any = None
+        self._last_log = -math.inf
+        self._curves_seen = -1  # trials up to this number had their training curves logged
+
+    def _guard(self, action: str, call: Callable[[], T]) -> T | None:
+        """Run a W&B call; on the first failure warn once on stderr and switch W&B off."""
+        if not self.enabled:
+            return None
+        started = time.perf_counter()
+        try:
+            return call()
+        except Exception as error:  # any W&B failure; measurements are already stored
+            self.enabled = False
+            reason = redact(" ".join(str(error).split()))[:200]
+            print(f"warning: W&B {action} failed ({type(error).__name__}: {reason}); W&B logging is off for "
+                  f"study {self.study!r}, measurements are safe in the store", file=sys.stderr)
+            return None
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def _init(self, name: str, job_type: str, config: Mapping[str, Any]) -> Any:
+        if self._wandb is None:
+            self._wandb = _import_wandb()
+            # The process-wide settings too: wandb's own usage telemetry reads those, not the run's, and
+            # would otherwise contact the W&B server from an offline run.
+            self._wandb.setup(settings=_settings(self._wandb, self.mode))
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        return self._wandb.init(
+            project=PROJECT, name=name, group=self.study, job_type=job_type, dir=str(self.results_dir),
+            config=sanitize(dict(config)), settings=_settings(self._wandb, self.mode), reinit="create_new",
+        )
+
+    def _log_table(self, rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> None:
+        if self._run is None:
+            self._run = self._init(self.study, "grid", {"study": self.study, **self.config})
+            self.run_dir = Path(self._run.dir).parent
+        columns, data = table_data(_records(rows))
+        self._run.log({TABLE_KEY: self._wandb.Table(columns=columns, data=data, allow_mixed_types=True)})
+        self._run.summary["points"] = len(data)
+
+    def _due(self, force: bool) -> bool:
+        """Whether a table refresh is wanted now (and, if so, start the next interval)."""
+        if not self.enabled or (not force and time.monotonic() - self._last_log < self.refresh_s):
+            return False
+        self._last_log = time.monotonic()
+        return True
+
+    def log_points(self, rows: pd.DataFrame | Sequence[Mapping[str, Any]], *, force: bool = False) -> None:
+        """Log the table of all points (store rows or an export frame); at most once per refresh interval unless forced."""
+        if self._due(force):
+            self._guard("table logging", lambda: self._log_table(rows))
+
+    def on_point(self, study: optuna.Study) -> None:
+        """Grid callback after each stored point: log new training curves; when a refresh is due, re-log the table."""
+        if self.enabled:
+            self._log_new_curves(study)
+        if self._due(force=False):
+            self._guard("table logging", lambda: self._log_table(trial_rows(study)))
+
+    def log_training_curve(self, point_label: str, epochs: Sequence[Mapping[str, Any] | Any],
+                           config: Mapping[str, Any] | None = None) -> None:
+        """One run per trained point, grouped by study: each epoch (a mapping or an `EpochRecord`) logged at step = its epoch."""
+
+        def log() -> None:
+            run = self._init(point_label, "train", {"study": self.study, "point": point_label, **self.config, **(config or {})})
+            for index, record in enumerate(epochs, start=1):
+                values = record.as_dict() if hasattr(record, "as_dict") else dict(record)
+                step = int(values.pop("epoch", index))
+                run.log({k: c for k, c in ((k, _cell(v)) for k, v in values.items()) if c is not None}, step=step)
+            run.finish()
+
+        self._guard("training-curve logging", log)
+
+    def _log_new_curves(self, study: optuna.Study) -> None:
+        """One curve run per seed of each newly completed trained point (the runner's `train_curves`)."""
+        finished = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        for trial in sorted((t for t in finished if t.number > self._curves_seen), key=lambda t: t.number):
+            self._curves_seen = trial.number
+            curves = trial.user_attrs.get("result", {}).get("train_curves") or []
+            label = trial.user_attrs.get("label", f"trial {trial.number}")
+            backbone = trial.user_attrs.get("point", {}).get("backbone", "")
+            for seed, epochs in enumerate(curves):
+                self.log_training_curve(f"{backbone} {label} seed {seed}".strip(), epochs, {"trial": trial.number})
+
+    def finish(self, rows: pd.DataFrame | Sequence[Mapping[str, Any]] | None = None) -> str | None:
+        """Log the final table (when rows are given) and close the run; returns a line saying where the run is."""
+        if rows is not None:
+            self.log_points(rows, force=True)
+        if self._run is None:
+            return None
+        run, self._run = self._run, None
+        self._guard("finish", run.finish)
+        if not self.enabled:
+            return None
+        if self.mode == "offline":
+            return f"W&B offline run in {self.run_dir}; upload with: wandb sync {self.run_dir}"
+        return f"W&B run {getattr(run, 'url', None) or self.study}"
+
+
+def log_training_curve(study: str, point_label: str, epochs: Sequence[Mapping[str, Any] | Any], *, mode: str = "offline",
+                       results_dir: Path = Path("results"), config: Mapping[str, Any] | None = None) -> None:
+    """Log one point's per-epoch records as a W&B run in the group named after its study (never raises for W&B)."""
+    StudyTracker(study, mode, results_dir, config).log_training_curve(point_label, epochs)
