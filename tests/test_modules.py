@@ -96,9 +96,17 @@ def test_cbam_differs_from_the_seed_article() -> None:
     weight[0, 0, 3, 3] = 1.0  # picks the first pooled channel only
     with torch.no_grad():
         gate.conv.weight.copy_(weight)
+        gate.bn.weight.fill_(1.0)
     gate.eval()
     expected = torch.sigmoid(x.amax(dim=1, keepdim=True) / math.sqrt(1 + gate.bn.eps))
     torch.testing.assert_close(gate(x), expected)
+
+
+def test_cbam_spatial_gate_starts_uniform_as_in_the_official_init() -> None:
+    cbam = build_module("cbam", 32).eval()
+    assert torch.all(cbam.spatial_gate.bn.weight == 0)
+    x = torch.randn(2, 32, 6, 6)
+    torch.testing.assert_close(cbam.spatial_gate(x), torch.full((2, 1, 6, 6), 0.5))
 
 
 def test_cbam_orders_and_pool_types() -> None:

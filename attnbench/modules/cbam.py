@@ -5,6 +5,8 @@ Channel gate: each pooled descriptor (avg and max by default) goes through one s
 Spatial gate: channel-wise max and mean concatenated (in that order, as the official
 ChannelPool does) -> k x k conv without bias -> BatchNorm -> sigmoid. The official code
 has the BN and no conv bias; blog copies often drop the BN and add a bias (see tests).
+The official ResNet+CBAM init sets that BN's weight to 0, so the spatial map starts at
+sigmoid(0) = 0.5 everywhere; the module does the same whatever backbone holds it.
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ class SpatialGate(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
         self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01)
+        nn.init.zeros_(self.bn.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
