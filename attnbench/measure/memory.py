@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from attnbench.measure.latency import autocast, check_device, check_dtype, check_input_shape, check_positive_int, random_input
+from attnbench.measure.native_stderr import silenced_native_stderr
 
 T = TypeVar("T")
 _OOM_MESSAGES = ("out of memory", "can't allocate memory")  # CUDA / PyTorch's CPU allocator
@@ -145,7 +146,9 @@ def _peak(device: str, fn: Callable[[], None]) -> tuple[int, int | None]:
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - baseline, torch.cuda.max_memory_reserved()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    with silenced_native_stderr(), torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
         fn()
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "memory.json"

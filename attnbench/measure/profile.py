@@ -21,6 +21,7 @@ from attnbench.measure.latency import (
     fixed_threads,
     random_input,
 )
+from attnbench.measure.native_stderr import silenced_native_stderr
 
 
 def profile_model(
@@ -61,7 +62,7 @@ def profile_model(
         with fixed_threads(threads):
             model.to(device)
             x = random_input((batch_size, *shape), device, seed)
-            with profile(
+            with silenced_native_stderr(), profile(
                 activities=activities,
                 schedule=schedule(wait=wait, warmup=warmup, active=steps, repeat=1),
                 on_trace_ready=tensorboard_trace_handler(str(out), worker_name=worker_name),
