@@ -1,6 +1,6 @@
 """Ablation files (YAML) expanded into validated points.
 
-Schema (every key optional except `name` and `variants`)::
+Schema (every key optional except `name`, and `variants` unless there is a `search`)::
 
     name: default                     # study name; exports go to results/<name>/
     description: free text
@@ -9,7 +9,9 @@ Schema (every key optional except `name` and `variants`)::
       - resnet50
     input_size: 224                   # defaults for backbones that do not set their own
     num_classes: 1000
-    batch_sizes: [1]
+    batch_sizes: [1]                  # these three are axes of every point
+    dtypes: [fp32]                    # fp32, bf16, fp16 (autocast) for latency and memory
+    channels_last: [false]
     placement: {stages: [[2, 3, 4, 5]], position: [standard]}   # axes applied to every variant
     variants:
       - module: se
@@ -19,6 +21,8 @@ Schema (every key optional except `name` and `variants`)::
       - module: dcn
         stages: [3, 4, 5]                               # one stage set, or a list of sets (an axis)
         backbones: [resnet50]                           # restrict to some backbones
+    search: {objectives: [macs, params], modules: {se: {reduction: {low: 4, high: 32}}}}
+                                      # for --search: see attnbench/search/setup.py
 
 The baseline `none` joins every backbone x input by itself. Any bad key or value
 raises ConfigError naming where it is (`variants[2].grid.reduction`), the value
@@ -34,9 +38,10 @@ from typing import Any
 import yaml
 
 from attnbench.errors import ConfigError
-from attnbench.spec import Point, make_point
+from attnbench.spec import DTYPES, Point, make_point
 
-TOP_KEYS = ("name", "description", "backbones", "input_size", "num_classes", "batch_sizes", "placement", "variants", "measure", "train")
+TOP_KEYS = ("name", "description", "backbones", "input_size", "num_classes", "batch_sizes", "dtypes", "channels_last",
+            "placement", "variants", "measure", "train", "search")
 VARIANT_KEYS = ("module", "grid", "variants", "stages", "position", "backbones")
 BACKBONE_KEYS = ("name", "input_size", "num_classes")
 PLACEMENT_KEYS = ("stages", "position")
@@ -52,6 +57,7 @@ class Ablation:
     measure: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] | None = None
     source: str = ""
+    search: dict[str, Any] | None = None
 
 
 def load_ablation(path: str | Path) -> Ablation:
@@ -79,23 +85,28 @@ def parse_ablation(data: Any, source: str = "") -> Ablation:
         raise ConfigError("name", name, "a non-empty name of letters, digits, '-', '_' or '.'")
     defaults = {"input_size": data.get("input_size", 224), "num_classes": data.get("num_classes", 1000)}
     backbones = _backbones(data.get("backbones", ["resnet50"]), defaults)
-    batch_sizes = _int_list(data.get("batch_sizes", [1]), "batch_sizes")
+    inputs = list(itertools.product(
+        _int_list(data.get("batch_sizes", [1]), "batch_sizes"),
+        _list(data.get("dtypes", ["fp32"]), "dtypes", DTYPES, "one of fp32, bf16, fp16, or a non-empty list of them"),
+        _list(data.get("channels_last", [False]), "channels_last", (False, True), "true, false, or a list of them"),
+    ))
     placement = data.get("placement", {}) or {}
     if not isinstance(placement, dict):
         raise ConfigError("placement", placement, "a mapping with keys " + ", ".join(PLACEMENT_KEYS))
     _only_keys(placement, PLACEMENT_KEYS, "placement.")
-    variants = data.get("variants")
-    if not isinstance(variants, list) or not variants:
+    variants = data.get("variants", [] if "search" in data else None)  # a search-only file needs none
+    if not isinstance(variants, list) or (not variants and "search" not in data):
         raise ConfigError("variants", variants, "a non-empty list of {module: NAME, grid: {...}} entries")
 
     points: dict[str, Point] = {}
     for backbone in backbones:
-        for batch_size in batch_sizes:
+        for batch_size, dtype, channels_last in inputs:
             baseline = make_point(backbone["name"], "none", input_size=backbone["input_size"], batch_size=batch_size,
-                                  num_classes=backbone["num_classes"], prefix=backbone["prefix"])
+                                  num_classes=backbone["num_classes"], dtype=dtype, channels_last=channels_last,
+                                  prefix=backbone["prefix"])
             points.setdefault(baseline.key, baseline)
     for index, variant in enumerate(variants):
-        for point in _expand_variant(variant, f"variants[{index}].", backbones, batch_sizes, placement):
+        for point in _expand_variant(variant, f"variants[{index}].", backbones, inputs, placement):
             points.setdefault(point.key, point)
     measure = data.get("measure") or {}
     if not isinstance(measure, dict):
@@ -103,10 +114,13 @@ def parse_ablation(data: Any, source: str = "") -> Ablation:
     train = data.get("train")
     if train is not None and not isinstance(train, dict):
         raise ConfigError("train", train, "a mapping of training options")
-    return Ablation(name, str(data.get("description", "")), tuple(points.values()), measure, train, source)
+    search = data.get("search")
+    if search is not None and not isinstance(search, dict):
+        raise ConfigError("search", search, "a mapping (see ablations/search_digits.yaml)")
+    return Ablation(name, str(data.get("description", "")), tuple(points.values()), measure, train, source, search)
 
 
-def _expand_variant(variant: Any, prefix: str, backbones: list[dict], batch_sizes: list[int], placement: dict) -> list[Point]:
+def _expand_variant(variant: Any, prefix: str, backbones: list[dict], inputs: list[tuple], placement: dict) -> list[Point]:
     if isinstance(variant, str):
         variant = {"module": variant}
     if not isinstance(variant, dict) or "module" not in variant:
@@ -134,11 +148,11 @@ def _expand_variant(variant: Any, prefix: str, backbones: list[dict], batch_size
         for combo in itertools.product(*axes.values()):
             for extra in explicit:
                 hyperparameters = {**dict(zip(axes, combo)), **extra}
-                for stages, position, batch_size in itertools.product(stage_sets, positions, batch_sizes):
+                for stages, position, (batch_size, dtype, channels_last) in itertools.product(stage_sets, positions, inputs):
                     points.append(make_point(
                         backbone["name"], module, hyperparameters, stages=stages, position=position,
-                        input_size=backbone["input_size"], batch_size=batch_size,
-                        num_classes=backbone["num_classes"], prefix=prefix,
+                        input_size=backbone["input_size"], batch_size=batch_size, num_classes=backbone["num_classes"],
+                        dtype=dtype, channels_last=channels_last, prefix=prefix,
                     ))
     return points
 
@@ -186,6 +200,14 @@ def _int_list(value: Any, key: str) -> list[int]:
     if not isinstance(value, list) or not value or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
         raise ConfigError(key, value, "a positive integer or a non-empty list of them")
     return value
+
+
+def _list(value: Any, key: str, choices: tuple[Any, ...], allowed: str) -> list[Any]:
+    """A scalar or a non-empty list of values from `choices` (compared by type too: 1 is not true), as a list."""
+    items = value if isinstance(value, list) else [value]
+    if not items or any(not any(v == c and type(v) is type(c) for c in choices) for v in items):
+        raise ConfigError(key, value, allowed)
+    return items
 
 
 def _only_keys(mapping: dict, allowed: tuple[str, ...], prefix: str) -> None:

@@ -10,6 +10,8 @@ from attnbench.backbones import get_backbone_entry, plan_slots
 from attnbench.errors import ConfigError
 from attnbench.modules import get_module_entry
 
+DTYPES = ("fp32", "bf16", "fp16")
+
 
 def _canonical(value: Any) -> Any:
     """JSON-stable form: tuples become lists, dict keys sorted by json.dumps."""
@@ -32,6 +34,8 @@ class Point:
     input_size: int = 224
     batch_size: int = 1
     num_classes: int = 1000
+    dtype: str = "fp32"  # fp32, or bf16 / fp16 under autocast (latency and memory)
+    channels_last: bool = False
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -91,6 +95,8 @@ def make_point(
     input_size: int = 224,
     batch_size: int = 1,
     num_classes: int = 1000,
+    dtype: str = "fp32",
+    channels_last: bool = False,
     prefix: str = "",
 ) -> Point:
     """Validate everything about a point without building a model; errors name their key."""
@@ -101,7 +107,12 @@ def make_point(
     _positive_int(f"{prefix}input_size", input_size)
     if input_size < entry.min_input:
         raise ConfigError(f"{prefix}input_size", input_size, f"at least {entry.min_input} for backbone {backbone}")
-    return Point(backbone, attention, plan.hyperparameters, plan.stages, plan.position, input_size, batch_size, num_classes)
+    if dtype not in DTYPES:
+        raise ConfigError(f"{prefix}dtype", dtype, "one of " + ", ".join(DTYPES))
+    if not isinstance(channels_last, bool):
+        raise ConfigError(f"{prefix}channels_last", channels_last, "true or false")
+    return Point(backbone, attention, plan.hyperparameters, plan.stages, plan.position, input_size, batch_size,
+                 num_classes, dtype, channels_last)
 
 
 def _positive_int(key: str, value: Any) -> None:

@@ -47,7 +47,7 @@ def test_products_explicit_lists_axes_and_baseline() -> None:
     assert by_module == {"none": 2, "se": 2 * 2 * 2, "lka": 2 * 2, "eca": 2 * 2 * 2}
 
 
-KEY_OF_RESNET18_SE = "367bb15cf4ce88b4"
+KEY_OF_RESNET18_SE = "5771925e1d47d526"
 
 
 def test_duplicate_points_collapse_and_keys_are_stable() -> None:
@@ -80,6 +80,8 @@ BASE = {"name": "t", "backbones": ["resnet18"], "variants": [{"module": "se"}]}
     ({"variants": [{"module": "se", "colour": 1}]}, "variants[0].colour", 1),
     ({"backbones": [{"name": "resnet18", "input_size": 16}]}, "backbones[0].input_size", 16),
     ({"batch_sizes": [0]}, "batch_sizes", [0]),
+    ({"dtypes": ["fp8"]}, "dtypes", ["fp8"]),
+    ({"channels_last": [1]}, "channels_last", [1]),
     ({"extra": 1}, "extra", 1),
     ({"name": "a/b"}, "name", "a/b"),
     ({"variants": []}, "variants", []),
