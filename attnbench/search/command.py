@@ -1,0 +1,31 @@
+"""`python bench.py --search FILE`: run (or join) the file's search, then export and print its front."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from attnbench.ablation import load_ablation
+from attnbench.runner import options_for
+from attnbench.search.export import export_search, front_table
+from attnbench.search.loop import open_search_study, run_search
+from attnbench.search.setup import parse_search
+from attnbench.study import check_writable, default_storage
+
+
+def search_command(args: argparse.Namespace) -> None:
+    """Validate everything, run the trials this machine should run, export the study's front."""
+    ablation = load_ablation(args.search)
+    setup = parse_search(ablation)
+    options = options_for(ablation, args.device)
+    check_writable(args.results)
+    storage = args.storage or default_storage(args.results)
+    summary = run_search(setup, storage, options, trials=args.trials, progress=not args.quiet, workers=args.workers)
+    out = args.results / setup.study
+    _, front = export_search(open_search_study(setup, storage), setup, out)
+    if not args.quiet and not front.empty:
+        print(front_table(front, setup).to_markdown(index=False))
+    files = f"{out}/trials.csv, {out}/pareto.csv" + (f" and {out}/pareto.png" if len(setup.objectives) > 1 else "")
+    print(f"{setup.study}: {summary.ran} trials here ({summary.completed} completed, {summary.pruned} pruned, "
+          f"{summary.failed} failed, {summary.reused} reused, {summary.retried} retried) in {summary.seconds:.1f} s; "
+          f"the study has {summary.finished} finished trials, {len(front)} on the front; exports in {files}",
+          file=sys.stderr)

@@ -1,0 +1,100 @@
+"""The `search:` section of an ablation file, validated into everything a search run needs.
+
+    search:
+      study: digits-search           # default: <name>-search; exports go to results/<study>/
+      objectives: [accuracy, macs]   # attnbench.search.objectives
+      budgets: {macs: 4.0e7}
+      sampler: nsga2                 # attnbench.search.samplers
+      pruner: none
+      trials: 20                     # total finished trials the study aims at (--trials overrides)
+      seed: 0                        # sampler seed (worker i of one command uses seed + i)
+      modules: {...}                 # attnbench.search.space
+      stages: [[2, 3, 4, 5], [4, 5]]
+      position: [standard, post]
+
+The search runs on the file's one backbone (and one batch size) with the file's `measure:`
+and `train:` sections, like a grid: `accuracy` needs `train:`, `latency` and `memory` need
+`measure: {latency: true}` / `{memory: true}`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from attnbench.ablation import Ablation
+from attnbench.errors import ConfigError
+from attnbench.settings import parse_measure
+from attnbench.search.objectives import METRICS, Metric, parse_budgets, parse_objectives
+from attnbench.search.samplers import Algorithm, parse_pruner, parse_sampler
+from attnbench.search.space import Base, SearchSpace, parse_space
+
+SEARCH_KEYS = ("study", "objectives", "budgets", "sampler", "pruner", "trials", "seed", "modules", "stages", "position")
+DEFAULT_TRIALS = 20
+
+
+@dataclass(frozen=True)
+class SearchSetup:
+    """A validated search: study name, space, objectives, budgets, algorithms and the training section."""
+
+    study: str
+    space: SearchSpace
+    objectives: tuple[Metric, ...]
+    budgets: dict[str, float]
+    sampler: Algorithm
+    pruner: Algorithm
+    trials: int
+    seed: int | None
+
+    @property
+    def directions(self) -> list[str]:
+        """Optuna's direction of each objective."""
+        return [m.direction for m in self.objectives]
+
+    @property
+    def needs_training(self) -> bool:
+        """Whether an objective comes from training."""
+        return any(m.needs_training for m in self.objectives)
+
+
+def parse_search(ablation: Ablation) -> SearchSetup:
+    """Validate the ablation's search section; ConfigError names the key, the value and what is allowed."""
+    section = ablation.search
+    if not section:
+        raise ConfigError("search", section, "a `search:` section in the ablation file (see ablations/search_digits.yaml)")
+    for key in section:
+        if key not in SEARCH_KEYS:
+            raise ConfigError(f"search.{key}", section[key], "not a known key; allowed: " + ", ".join(SEARCH_KEYS))
+    baselines = [p for p in ablation.points if p.attention == "none"]
+    if len(baselines) != 1:
+        raise ConfigError("backbones", sorted({p.backbone for p in baselines}),
+                          "exactly one backbone and one batch size for a search")
+    base = Base(baselines[0].backbone, baselines[0].input_size, baselines[0].batch_size, baselines[0].num_classes)
+    study = section.get("study", f"{ablation.name}-search")
+    if not isinstance(study, str) or not study or not all(c.isalnum() or c in "-_." for c in study):
+        raise ConfigError("search.study", study, "a non-empty name of letters, digits, '-', '_' or '.'")
+    objectives = parse_objectives(section.get("objectives", "accuracy" if ablation.train else "macs"))
+    if any(m.needs_training for m in objectives) and not ablation.train:
+        raise ConfigError("search.objectives", [m.name for m in objectives],
+                          "metrics measured without training, or add a `train:` section for accuracy")
+    budgets = parse_budgets(section.get("budgets"))
+    _check_measured(ablation, objectives, budgets)
+    trials = section.get("trials", DEFAULT_TRIALS)
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ConfigError("search.trials", trials, "a positive integer")
+    seed = section.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ConfigError("search.seed", seed, "a non-negative integer, or null for a random seed")
+    return SearchSetup(
+        study=study, space=parse_space(section, base), objectives=objectives,
+        budgets=budgets, sampler=parse_sampler(section.get("sampler"), objectives),
+        pruner=parse_pruner(section.get("pruner"), objectives), trials=trials, seed=seed,
+    )
+
+
+def _check_measured(ablation: Ablation, objectives: tuple[Metric, ...], budgets: dict[str, float]) -> None:
+    """Latency and memory objectives or budgets need the file's `measure:` section to switch them on."""
+    measure = parse_measure(ablation.measure)
+    measured = {"latency": measure.latency is not None, "memory": measure.memory}
+    wanted = [("search.objectives", m) for m in objectives] + [(f"search.budgets.{n}", METRICS[n]) for n in budgets]
+    for key, metric in wanted:
+        if metric.needs is not None and not measured[metric.needs]:
+            raise ConfigError(key, metric.name, f"a metric the runs measure: add `measure: {{{metric.needs}: true}}`")
