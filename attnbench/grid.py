@@ -1,0 +1,94 @@
+"""Run an ablation's points through the runner into the store, skipping what is already done."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import optuna
+from tqdm import tqdm
+
+from attnbench.ablation import Ablation
+from attnbench.runner import RunOptions, run_point
+from attnbench.spec import Point
+from attnbench.train import EpochRecord
+from attnbench.study import done_keys, fail_trial, finish_trial, open_study
+from attnbench.workers import grid_claims, keep_alive, last_trial_number, recover, run_in_workers
+
+
+@dataclass(frozen=True)
+class GridSummary:
+    """What a grid run did."""
+
+    total: int
+    skipped: int
+    completed: int
+    failed: int
+    interrupted_before: int
+    seconds: float
+
+
+def run_grid(
+    ablation: Ablation,
+    storage: str,
+    options: RunOptions,
+    *,
+    progress: bool = True,
+    run: Callable[[Point, RunOptions], dict] = run_point,
+    on_point: Callable[[optuna.Study], None] | None = None,
+    workers: int = 1,
+    worker: int = 0,
+) -> GridSummary:
+    """Measure every point not yet completed in the study named after the ablation.
+
+    `on_point(study)` runs after each point is stored (completed or failed), e.g. to refresh a W&B table.
+    With `workers` > 1 that many processes share the grid; several machines share it by running
+    the same command on one storage (attnbench.workers says how no point runs twice).
+    """
+    if workers != 1:
+        parts = run_in_workers(run_grid, workers, ablation, storage, options, run=run,
+                               local={"progress": progress, "on_point": on_point})
+        return GridSummary(parts[0].total, parts[0].skipped, sum(p.completed for p in parts), sum(p.failed for p in parts),
+                           sum(p.interrupted_before for p in parts), max(p.seconds for p in parts))
+    started = time.perf_counter()
+    study = open_study(ablation.name, storage)
+    interrupted = recover(study)
+    since = last_trial_number(study)
+    done = done_keys(study)
+    pending = [p for p in ablation.points if p.key not in done]
+    completed = failed = 0
+    bar = tqdm(grid_claims(study, pending, since), total=len(pending), desc=ablation.name, unit="point",
+               disable=not progress or worker > 0, dynamic_ncols=True)
+    for point, trial in bar:
+        label = f"{point.backbone} {point.variant_label()}"[:60]
+        bar.set_postfix_str(label)
+        try:
+            with keep_alive(study, trial):
+                # per-epoch accuracy goes to the trial (Optuna's intermediate values), seed after seed
+                extra = {"on_epoch": _epoch_reporter(trial, options, bar, label)} if options.train is not None else {}
+                result = run(point, options, **extra)
+        except KeyboardInterrupt:
+            fail_trial(study, trial, "interrupted: KeyboardInterrupt")
+            raise
+        except Exception as error:  # any failure is recorded with the point; the grid goes on
+            fail_trial(study, trial, error)
+            failed += 1
+        else:
+            finish_trial(study, trial, result)
+            completed += 1
+        if on_point is not None:
+            on_point(study)
+    return GridSummary(len(ablation.points), len(ablation.points) - len(pending), completed, failed, interrupted,
+                       time.perf_counter() - started)
+
+
+def _epoch_reporter(trial: optuna.Trial, options: RunOptions, bar: tqdm, label: str) -> Callable[[int, EpochRecord], None]:
+    """Report each epoch's validation top-1 at step seed_index * epochs + epoch, and show seed and epoch on the bar."""
+    assert options.train is not None
+    epochs, seeds = options.train.config.epochs, len(options.train.seeds)
+
+    def report(seed_index: int, record: EpochRecord) -> None:
+        trial.report(record.val_top1, seed_index * epochs + record.epoch)
+        bar.set_postfix_str(f"{label} seed {seed_index + 1}/{seeds} epoch {record.epoch}/{epochs} top-1 {record.val_top1:.1f}")
+
+    return report
