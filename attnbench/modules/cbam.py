@@ -60,6 +60,9 @@ class SpatialGate(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
+        # Same values either way; oneDNN's NCHW kernel for this 2 -> 1 channel conv is ~45x
+        # slower on CPU than its channels-last one, and a 2-channel map converts for free.
+        pooled = pooled.contiguous(memory_format=torch.channels_last)
         return self.bn(self.conv(pooled)).sigmoid()
 
 
