@@ -80,12 +80,6 @@ def macs(model: nn.Module, side: int = 224) -> FlopCountAnalysis:
 VAN_PARAMS = {"van_b0": (4_105_800, 4.1), "van_b1": (13_861_800, 13.9), "van_b2": (26_578_472, 26.6), "van_b3": (44_765_608, 44.8)}
 
 
-@pytest.mark.parametrize("name", list(VAN_PARAMS))
-def test_van_params_match_paper_and_formula(name: str) -> None:
-    exact, paper = VAN_PARAMS[name]
-    count = n_params(build_model(name, attention="lka"))
-    assert count == exact == expected_params(VAN_CONFIGS[name], van_stem_params, "lka")
-    assert round(count / 1e6, 1) == paper
 
 
 # fvcore MACs at 224x224 (it calls them flops): conv + linear, plus BatchNorm/LayerNorm elements.
@@ -220,11 +214,14 @@ def test_van_entries_declare_their_slots() -> None:
 MSCAN_PARAMS = {"mscan_t": (4_160_584, 4.2), "mscan_s": (13_963_176, 14.0), "mscan_b": (26_790_824, 26.8), "mscan_l": (45_149_864, 45.1)}
 
 
-@pytest.mark.parametrize("name", list(MSCAN_PARAMS))
-def test_mscan_params_match_paper_and_formula(name: str) -> None:
-    exact, paper = MSCAN_PARAMS[name]
-    count = n_params(build_model(name, attention="msca"))
-    assert count == exact == expected_params(MSCAN_CONFIGS[name], mscan_stem_params, "msca")
+@pytest.mark.parametrize("name,mixer,configs,stem_params,table", [
+    *((name, "lka", VAN_CONFIGS, van_stem_params, VAN_PARAMS) for name in VAN_PARAMS),
+    *((name, "msca", MSCAN_CONFIGS, mscan_stem_params, MSCAN_PARAMS) for name in MSCAN_PARAMS),
+])
+def test_params_match_paper_and_formula(name: str, mixer: str, configs: dict, stem_params, table: dict) -> None:
+    exact, paper = table[name]
+    count = n_params(build_model(name, attention=mixer))
+    assert count == exact == expected_params(configs[name], stem_params, mixer)
     assert round(count / 1e6, 1) == paper
 
 

@@ -12,7 +12,7 @@ import gc
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import torch
@@ -170,18 +170,8 @@ class LatencyResult:
     def to_dict(self) -> dict[str, Any]:
         """Statistics and options as one flat dict (raw times left out)."""
         row = asdict(self.options)
-        row.update(
-            median_ms=self.median_ms,
-            iqr_ms=self.iqr_ms,
-            p10_ms=self.p10_ms,
-            p90_ms=self.p90_ms,
-            mean_ms=self.mean_ms,
-            std_ms=self.std_ms,
-            samples=self.samples,
-            throughput_ips=self.throughput_ips,
-            threads=self.threads,
-            input_shape=list(self.input_shape),
-        )
+        row.update({f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("options", "times_ms")})
+        row["input_shape"] = list(self.input_shape)
         return row
 
 
