@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from attnbench.errors import ConfigError
+from attnbench.errors import ConfigError, check_keys
 from attnbench.spec import DTYPES, Point, make_point
 
 TOP_KEYS = ("name", "description", "backbones", "input_size", "num_classes", "batch_sizes", "dtypes", "channels_last",
@@ -79,7 +79,7 @@ def parse_ablation(data: Any, source: str = "") -> Ablation:
     """Validate a parsed YAML mapping and expand it into points."""
     if not isinstance(data, dict):
         raise ConfigError("ablation file", source or data, "a YAML mapping with at least `name` and `variants`")
-    _only_keys(data, TOP_KEYS, "")
+    check_keys(data, TOP_KEYS, "")
     name = data.get("name")
     if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
         raise ConfigError("name", name, "a non-empty name of letters, digits, '-', '_' or '.'")
@@ -93,7 +93,7 @@ def parse_ablation(data: Any, source: str = "") -> Ablation:
     placement = data.get("placement", {}) or {}
     if not isinstance(placement, dict):
         raise ConfigError("placement", placement, "a mapping with keys " + ", ".join(PLACEMENT_KEYS))
-    _only_keys(placement, PLACEMENT_KEYS, "placement.")
+    check_keys(placement, PLACEMENT_KEYS, "placement.")
     variants = data.get("variants", [] if "search" in data else None)  # a search-only file needs none
     if not isinstance(variants, list) or (not variants and "search" not in data):
         raise ConfigError("variants", variants, "a non-empty list of {module: NAME, grid: {...}} entries")
@@ -125,7 +125,7 @@ def _expand_variant(variant: Any, prefix: str, backbones: list[dict], inputs: li
         variant = {"module": variant}
     if not isinstance(variant, dict) or "module" not in variant:
         raise ConfigError(prefix.rstrip("."), variant, "a mapping with a `module` key")
-    _only_keys(variant, VARIANT_KEYS, prefix)
+    check_keys(variant, VARIANT_KEYS, prefix)
     module = variant["module"]
     grid = variant.get("grid", {}) or {}
     if not isinstance(grid, dict):
@@ -168,7 +168,7 @@ def _backbones(value: Any, defaults: dict[str, Any]) -> list[dict[str, Any]]:
         item = {"name": item} if isinstance(item, str) else item
         if not isinstance(item, dict) or "name" not in item:
             raise ConfigError(prefix.rstrip("."), item, "a backbone name or a mapping with `name`")
-        _only_keys(item, BACKBONE_KEYS, prefix)
+        check_keys(item, BACKBONE_KEYS, prefix)
         result.append({**defaults, **item, "prefix": prefix})
     return result
 
@@ -208,9 +208,3 @@ def _list(value: Any, key: str, choices: tuple[Any, ...], allowed: str) -> list[
     if not items or any(not any(v == c and type(v) is type(c) for c in choices) for v in items):
         raise ConfigError(key, value, allowed)
     return items
-
-
-def _only_keys(mapping: dict, allowed: tuple[str, ...], prefix: str) -> None:
-    for key in mapping:
-        if key not in allowed:
-            raise ConfigError(f"{prefix}{key}", mapping[key], "not a known key; allowed: " + ", ".join(allowed))

@@ -24,7 +24,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from attnbench.errors import ConfigError
+from attnbench.errors import ConfigError, check_keys
 from attnbench.measure.latency import LatencyOptions
 from attnbench.train import DataSpec, TrainConfig
 
@@ -65,7 +65,7 @@ class TrainSettings:
 def parse_measure(section: dict[str, Any] | None) -> MeasureSettings:
     """`measure:` of an ablation file; ConfigError keys start with `measure.`."""
     section = dict(section or {})
-    _only(section, MEASURE_KEYS, "measure.")
+    check_keys(section, MEASURE_KEYS, "measure.")
     latency = section.get("latency", False)
     if latency is True:
         latency = {}
@@ -73,7 +73,7 @@ def parse_measure(section: dict[str, Any] | None) -> MeasureSettings:
         raise ConfigError("measure.latency", latency, "true, false, or a mapping of " + ", ".join(LATENCY_KEYS))
     latency_settings = None
     if isinstance(latency, dict):
-        _only(latency, LATENCY_KEYS, "measure.latency.")
+        check_keys(latency, LATENCY_KEYS, "measure.latency.")
         slots = latency.pop("slots", True)
         if not isinstance(slots, bool):
             raise ConfigError("measure.latency.slots", slots, "true or false")
@@ -106,21 +106,15 @@ def parse_train(section: dict[str, Any] | None) -> TrainSettings | None:
     if not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
         raise ConfigError("train.seeds", seeds, "a non-empty list of integers >= 0")
     allowed = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "seed"]
-    _only(section, tuple(allowed) + ("seeds", "data"), "train.")
+    check_keys(section, tuple(allowed) + ("seeds", "data"), "train.")
     return TrainSettings(_construct(DataSpec, data, "train.data."), _construct(TrainConfig, section, "train."), tuple(seeds))
 
 
 def _construct(cls: type, values: dict[str, Any], prefix: str) -> Any:
     """Build a settings dataclass, naming unknown keys and invalid values under `prefix`."""
     names = [f.name for f in dataclasses.fields(cls)]
-    _only(values, tuple(names), prefix)
+    check_keys(values, tuple(names), prefix)
     try:
         return cls(**values)  # DataSpec and TrainConfig validate on construction
     except ConfigError as error:
         raise error.under(prefix.rstrip(".")) from None
-
-
-def _only(mapping: dict[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
-    for key in mapping:
-        if key not in allowed:
-            raise ConfigError(f"{prefix}{key}", mapping[key], "not a known key; allowed: " + ", ".join(allowed))

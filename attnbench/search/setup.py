@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from attnbench.ablation import Ablation
-from attnbench.errors import ConfigError
+from attnbench.errors import ConfigError, check_keys
 from attnbench.settings import parse_measure
 from attnbench.search.objectives import METRICS, Metric, parse_budgets, parse_objectives
 from attnbench.search.samplers import Algorithm, parse_pruner, parse_sampler
@@ -60,9 +60,7 @@ def parse_search(ablation: Ablation) -> SearchSetup:
     section = ablation.search
     if not section:
         raise ConfigError("search", section, "a `search:` section in the ablation file (see ablations/search_digits.yaml)")
-    for key in section:
-        if key not in SEARCH_KEYS:
-            raise ConfigError(f"search.{key}", section[key], "not a known key; allowed: " + ", ".join(SEARCH_KEYS))
+    check_keys(section, SEARCH_KEYS, "search.")
     baselines = [p for p in ablation.points if p.attention == "none"]
     if len(baselines) != 1:
         raise ConfigError("backbones", sorted({p.backbone for p in baselines}),
