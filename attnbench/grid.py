@@ -11,8 +11,8 @@ from tqdm import tqdm
 from attnbench.ablation import Ablation
 from attnbench.runner import RunOptions, run_point
 from attnbench.spec import Point
-from attnbench.train import EpochRecord
 from attnbench.study import done_keys, fail_trial, finish_trial, open_study
+from attnbench.train import EpochRecord
 from attnbench.workers import grid_claims, keep_alive, last_trial_number, recover, run_in_workers
 
 

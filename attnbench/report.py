@@ -23,14 +23,15 @@ def points_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         return frame
     for column, default in GROUP_DEFAULTS.items():
         frame[column] = frame[column].fillna(default) if column in frame else default
+    groups = frame.set_index(GROUP).index
+    baselines = frame[frame["attention"] == "none"].set_index(GROUP)
     for column in ("params", "macs", "flops", "latency_median_ms", "memory_train_peak_bytes", "top1_mean"):
         if column not in frame:
             continue
-        baseline = frame[frame["attention"] == "none"].set_index(GROUP)[column]
-        base = frame.set_index(GROUP).index.map(lambda key: baseline.get(key, float("nan")))
+        base = groups.map(lambda key: baselines[column].get(key, float("nan"))).to_numpy(dtype=float)
         values = pd.to_numeric(frame[column], errors="coerce")
-        frame[f"delta_{column}"] = values - base.to_numpy(dtype=float)
-        frame[f"delta_{column}_pct"] = 100.0 * frame[f"delta_{column}"] / base.to_numpy(dtype=float)
+        frame[f"delta_{column}"] = values - base
+        frame[f"delta_{column}_pct"] = 100.0 * frame[f"delta_{column}"] / base
     return frame
 
 

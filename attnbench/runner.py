@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 from torch import nn
@@ -22,18 +22,19 @@ from attnbench.backbones import build_model
 from attnbench.errors import ConfigError
 from attnbench.measure.complexity import measure_complexity
 from attnbench.measure.environment import environment_record
-from attnbench.measure.latency import LatencyOptions, measure_latency
-from attnbench.measure.memory import measure_memory, with_oom_retry
+from attnbench.measure.latency import LatencyOptions, LatencyResult, measure_latency
+from attnbench.measure.memory import MemoryResult, measure_memory, with_oom_retry
 from attnbench.measure.profile import profile_model
 from attnbench.measure.roofline import device_peaks, minimum_bytes, roofline
-from attnbench.measure.slot_shapes import measure_slots, record_slot_shapes
-from attnbench.settings import MeasureSettings, TrainSettings, parse_measure, parse_train
+from attnbench.measure.slot_shapes import measure_slots
+from attnbench.settings import LatencySettings, MeasureSettings, TrainSettings, parse_measure, parse_train
 from attnbench.spec import Point
 from attnbench.train import EpochRecord, LoadedData, load_dataset, summarize, train_model
 
 DEVICES = ("cpu", "cuda", "auto")
 _WARMED: set[LatencyOptions] = set()  # configurations already timed once in this process
 EpochCallback = Callable[[int, EpochRecord], None]  # (seed index, record)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,10 @@ class RunOptions:
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device", self.device, "cpu or auto: no CUDA device is available here")
         device = self.resolved_device()
-        latency = self.measure.latency
+        latency = self.measure.latency or LatencySettings()  # dtype and device are checked even without timing
         for batch_size, dtype, channels_last in sorted({(p.batch_size, p.dtype, p.channels_last) for p in points}):
-            options = latency.for_point(device, batch_size, dtype, channels_last) if latency else LatencyOptions(
-                device=device, batch_size=batch_size, dtype=dtype, channels_last=channels_last)
             try:
-                options.validate()
+                latency.for_point(device, batch_size, dtype, channels_last).validate()
             except ConfigError as error:
                 raise (error.under("measure.latency") if error.key not in ("dtype", "device") else error) from None
         if self.train is not None:
@@ -136,41 +135,37 @@ def _latency(model: nn.Module, point: Point, options: RunOptions, device: str, b
     assert settings is not None
     sample = point.input_shape[1:]
 
-    def timed(batch: int):
-        options = settings.for_point(device, batch, point.dtype, point.channels_last)
-        if options not in _WARMED:
+    def timed(batch: int) -> LatencyResult:
+        latency_options = settings.for_point(device, batch, point.dtype, point.channels_last)
+        if latency_options not in _WARMED:
             # The first timing of a configuration in a process reads 10-40 % slow on CPU (allocator and
             # kernel caches still growing) and baselines run first, so one full measurement is thrown away.
-            measure_latency(model, sample, options)
-            _WARMED.add(options)
-        return measure_latency(model, sample, options)
+            measure_latency(model, sample, latency_options)
+            _WARMED.add(latency_options)
+        return measure_latency(model, sample, latency_options)
 
-    attempt = with_oom_retry(timed, point.batch_size, options.measure.oom_floor)
-    if attempt.oom:
-        raise MemoryError(f"out of memory down to batch {attempt.batch_size}: {attempt.error}")
-    result = attempt.value.to_dict()
+    timing, batch = _with_memory(timed, point.batch_size, options.measure.oom_floor)
+    result = timing.to_dict()
     row = {f"latency_{k}": result[k] for k in ("median_ms", "iqr_ms", "p10_ms", "p90_ms", "mean_ms", "std_ms", "samples")}
-    row.update(throughput_ips=result["throughput_ips"], threads=result["threads"], batch_size_used=attempt.batch_size,
+    row.update(throughput_ips=result["throughput_ips"], threads=result["threads"], batch_size_used=batch,
                compile=result["compile"], compile_mode=result["compile_mode"], cuda_graphs=result["cuda_graphs"],
                cold_l2=result["cold_l2"])
     if not settings.slots:
         return row
-    slot_options = settings.for_point(device, attempt.batch_size, point.dtype, point.channels_last)
-    slot_results = measure_slots(model, sample, slot_options)
-    shapes = record_slot_shapes(model, sample)
-    peaks = device_peaks(torch.cuda.get_device_name() if device == "cuda" else "cpu", point.dtype) if device == "cuda" else None
-    slots = dict(model.named_modules())
+    slot_results = measure_slots(model, sample, timing.options)
+    peaks = device_peaks(torch.cuda.get_device_name(), point.dtype) if device == "cuda" else None
+    modules = dict(model.named_modules())
     total = 0.0
-    for name, timing in slot_results.items():
-        total += timing.median_ms
+    for name, slot_timing in slot_results.items():
+        total += slot_timing.median_ms
         prefix = f"slot/{name}/"
-        row[prefix + "shape"] = "x".join(map(str, shapes[name]))
-        row[prefix + "latency_ms"] = timing.median_ms
-        row[prefix + "latency_iqr_ms"] = timing.iqr_ms
+        row[prefix + "shape"] = "x".join(map(str, slot_timing.input_shape))
+        row[prefix + "latency_ms"] = slot_timing.median_ms
+        row[prefix + "latency_iqr_ms"] = slot_timing.iqr_ms
         if peaks is not None and name in by_slot:
             flops = 2 * by_slot[name]["macs"] + by_slot[name]["elementwise_flops"]
-            moved = minimum_bytes(slots[name], shapes[name], point.dtype, attempt.batch_size)
-            line = roofline(attempt.batch_size * flops, moved, timing.median_ms / 1e3, peaks)
+            moved = minimum_bytes(modules[name], slot_timing.input_shape, point.dtype, batch)
+            line = roofline(batch * flops, moved, slot_timing.median_ms / 1e3, peaks)
             row.update({prefix + k: line[k] for k in ("bound", "bandwidth_fraction", "compute_fraction", "roofline_fraction")})
     row["attention_latency_ms"] = total
     return row
@@ -179,15 +174,20 @@ def _latency(model: nn.Module, point: Point, options: RunOptions, device: str, b
 def _memory(model: nn.Module, point: Point, options: RunOptions, device: str) -> dict[str, Any]:
     """Peak memory of inference and of one training step, halving the batch on OOM."""
 
-    def measured(batch: int):
+    def measured(batch: int) -> MemoryResult:
         return measure_memory(model, point.input_shape[1:], device, point.dtype, batch, point.channels_last)
 
-    attempt = with_oom_retry(measured, point.batch_size, options.measure.oom_floor)
+    result, batch = _with_memory(measured, point.batch_size, options.measure.oom_floor)
+    return {f"memory_{k}": v for k, v in result.to_dict().items() if k not in ("device", "dtype")} | {
+        "memory_batch_size_used": batch}
+
+
+def _with_memory(measure: Callable[[int], T], batch_size: int, floor: int) -> tuple[T, int]:
+    """`measure(batch)` halving the batch on out-of-memory; below `floor` the point fails as OOM."""
+    attempt = with_oom_retry(measure, batch_size, floor)
     if attempt.oom:
         raise MemoryError(f"out of memory down to batch {attempt.batch_size}: {attempt.error}")
-    result = attempt.value.to_dict()
-    return {f"memory_{k}": v for k, v in result.items() if k not in ("device", "dtype")} | {
-        "memory_batch_size_used": attempt.batch_size}
+    return attempt.value, attempt.batch_size
 
 
 def _train(point: Point, train: TrainSettings, device: str, on_epoch: EpochCallback | None) -> dict[str, Any]:
