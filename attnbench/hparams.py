@@ -54,6 +54,40 @@ class Int(HParam):
         return text
 
 
+def as_float(value: Any) -> float | None:
+    """A real number as people write it (YAML reads `1e-3` as a string), or None when it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+@dataclass(frozen=True)
+class Float(HParam):
+    """A real number in [low, high] (`1e-4` written as a string is accepted); `log` marks a log-scale search."""
+
+    low: float = 0.0
+    high: float = math.inf
+    log: bool = False
+
+    def validate(self, key: str, value: Any) -> Any:
+        number = as_float(value)
+        if number is None or not self.low <= number <= self.high:
+            raise ConfigError(key, value, self.allowed())
+        return number
+
+    def allowed(self) -> str:
+        return f"a number in [{self.low:g}, {self.high:g}]"
+
+
 @dataclass(frozen=True)
 class Bool(HParam):
     """true or false."""

@@ -25,6 +25,7 @@ class ModuleEntry:
     schema: Schema
     paper: str
     check_channels: ChannelCheck | None = None
+    code: str = ""  # the official implementation followed (repository), for --list
 
     def resolve(self, hyperparameters: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         """Paper defaults overlaid with validated hyperparameters."""
@@ -47,6 +48,7 @@ def register_module(
     *,
     kind: ModuleKind,
     paper: str,
+    code: str = "",
     params: dict[str, HParam] | None = None,
     check_channels: ChannelCheck | None = None,
 ) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -55,7 +57,7 @@ def register_module(
     def add(cls: type[nn.Module]) -> type[nn.Module]:
         if name in _REGISTRY:
             raise RuntimeError(f"attention module {name!r} registered twice")
-        _REGISTRY[name] = ModuleEntry(name, cls, kind, Schema(dict(params or {})), paper, check_channels)
+        _REGISTRY[name] = ModuleEntry(name, cls, kind, Schema(dict(params or {})), paper, check_channels, code)
         return cls
 
     return add
@@ -96,10 +98,10 @@ def describe_modules() -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for entry in _REGISTRY.values():
         if not entry.schema.params:
-            rows.append({"module": entry.name, "kind": entry.kind, "hyperparameter": "", "default": "", "allowed": "", "paper": entry.paper})
+            rows.append({"module": entry.name, "kind": entry.kind, "hyperparameter": "", "default": "", "allowed": "", "paper": entry.paper, "code": entry.code})
         for hp_name, hp in entry.schema.params.items():
             rows.append({
                 "module": entry.name, "kind": entry.kind, "hyperparameter": hp_name,
-                "default": hp.default, "allowed": hp.allowed(), "paper": entry.paper,
+                "default": hp.default, "allowed": hp.allowed(), "paper": entry.paper, "code": entry.code,
             })
     return rows

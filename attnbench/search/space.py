@@ -22,11 +22,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution, distribution_to_json
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    distribution_to_json,
+)
 
 from attnbench.backbones import get_backbone_entry
 from attnbench.errors import ConfigError
-from attnbench.hparams import Bool, Choice, HParam, Int, OddKernels, Subset
+from attnbench.hparams import Bool, Choice, Float, HParam, Int, OddKernels, Subset, as_float
 from attnbench.modules import get_module_entry
 from attnbench.spec import Point, make_point
 
@@ -62,6 +68,8 @@ class Dimension:
         d = self.distribution
         if isinstance(d, IntDistribution):
             return trial.suggest_int(self.name, d.low, d.high, step=d.step, log=d.log)
+        if isinstance(d, FloatDistribution):
+            return trial.suggest_float(self.name, d.low, d.high, step=d.step, log=d.log)
         assert isinstance(d, CategoricalDistribution)
         return self.values[d.choices.index(trial.suggest_categorical(self.name, d.choices))]
 
@@ -176,14 +184,16 @@ def _declared_values(hp: HParam, key: str) -> list[Any] | None:
         return list(_subsets(tuple(sorted(hp.default))))
     if isinstance(hp, Int) and hp.none_means is not None:
         return [None, *range(hp.low | 1 if hp.odd else hp.low, hp.high + 1, 2 if hp.odd else 1)]
-    if isinstance(hp, Int):
+    if isinstance(hp, (Int, Float)):
         return None
     raise ConfigError(key, {}, f"explicit values: {type(hp).__name__} declares no range")
 
 
 def _int_range(name: str, hp: HParam, spec: dict[str, Any], key: str, build: Any) -> Dimension:
+    if isinstance(hp, Float):
+        return _float_range(name, hp, spec, key, build)
     if not isinstance(hp, Int):
-        raise ConfigError(key, spec, f"a list of values or {{}} ({hp.allowed()}); ranges are for integers")
+        raise ConfigError(key, spec, f"a list of values or {{}} ({hp.allowed()}); ranges are for integers and real numbers")
     unknown = sorted(set(spec) - set(RANGE_KEYS))
     if unknown:
         raise ConfigError(f"{key}.{unknown[0]}", spec[unknown[0]], "one of " + ", ".join(RANGE_KEYS))
@@ -203,6 +213,30 @@ def _int_range(name: str, hp: HParam, spec: dict[str, Any], key: str, build: Any
         raise ConfigError(f"{key}.log", log, "false: a log scale takes every integer, and this one "
                           + ("takes odd values only" if hp.odd else f"has step {step}"))
     return Dimension(name, IntDistribution(low, high, log=log, step=step))
+
+
+def _float_range(name: str, hp: Float, spec: dict[str, Any], key: str, build: Any) -> Dimension:
+    """A FloatDistribution from {low, high[, log, step]}; both ends default to the declared range, which must be finite."""
+    unknown = sorted(set(spec) - set(RANGE_KEYS))
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}", spec[unknown[0]], "one of " + ", ".join(RANGE_KEYS))
+    ends = {}
+    for end in ("low", "high"):
+        value = spec.get(end, getattr(hp, end))
+        if as_float(value) is None:
+            raise ConfigError(f"{key}.{end}", value, f"a finite number ({hp.allowed()})")
+        ends[end] = _valid(hp, f"{key}.{end}", value, build)
+    if ends["low"] > ends["high"]:
+        raise ConfigError(f"{key}.high", ends["high"], f"at least low={ends['low']}")
+    log = spec.get("log", hp.log)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{key}.log", log, "true or false")
+    if log and ends["low"] <= 0:
+        raise ConfigError(f"{key}.low", ends["low"], "greater than 0 on a log scale")
+    step = spec.get("step")
+    if step is not None and (as_float(step) is None or as_float(step) <= 0 or log):  # type: ignore[operator]
+        raise ConfigError(f"{key}.step", step, "a positive number, and only without log")
+    return Dimension(name, FloatDistribution(ends["low"], ends["high"], log=log, step=None if step is None else as_float(step)))
 
 
 def _valid(hp: HParam, key: str, value: Any, build: Any) -> Any:
