@@ -61,12 +61,12 @@ def _list() -> None:
 
 
 def _grid(args: argparse.Namespace) -> None:
-    from attnbench.ablation import load_ablation
-    from attnbench.grid import run_grid
-    from attnbench.report import export_grid
-    from attnbench.runner import options_for
-    from attnbench.study import check_writable, default_storage, open_study, trial_rows
-    from attnbench.track import StudyTracker, default_mode
+    from attnbench.config.ablation import load_ablation
+    from attnbench.store.grid import run_grid
+    from attnbench.report.tables import export_grid
+    from attnbench.run.runner import options_for
+    from attnbench.store.study import check_writable, default_storage, open_study, trial_rows
+    from attnbench.report.tracking import StudyTracker, default_mode
 
     ablation = load_ablation(args.grid)
     check_writable(args.results)
@@ -91,16 +91,16 @@ def _grid(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from attnbench.report import report_studies
-    from attnbench.study import default_storage
+    from attnbench.report.tables import report_studies
+    from attnbench.store.study import default_storage
 
     for path in report_studies(args.storage or default_storage(args.results), args.report, args.results):
         print(path)
 
 
 def _reproduce(args: argparse.Namespace) -> None:
-    from attnbench.published import write_reproduction
-    from attnbench.study import check_writable
+    from attnbench.report.published import write_reproduction
+    from attnbench.store.study import check_writable
 
     check_writable(args.results)
     path, text = write_reproduction(args.results)

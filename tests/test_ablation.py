@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from attnbench import ConfigError
-from attnbench.ablation import load_ablation, parse_ablation
-from attnbench.spec import Point, make_point
+from attnbench.config.ablation import load_ablation, parse_ablation
+from attnbench.config.point import Point, make_point
 
 ROOT = Path(__file__).resolve().parents[1]
 

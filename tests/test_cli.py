@@ -14,11 +14,11 @@ import pytest
 import torch
 import yaml
 
-from attnbench.ablation import parse_ablation
+from attnbench.config.ablation import parse_ablation
 from attnbench.cli import main
-from attnbench.grid import run_grid
-from attnbench.runner import RunOptions
-from attnbench.study import default_storage, open_study, trial_rows
+from attnbench.store.grid import run_grid
+from attnbench.run.runner import RunOptions
+from attnbench.store.study import default_storage, open_study, trial_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {

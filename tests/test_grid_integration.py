@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from attnbench.ablation import parse_ablation
+from attnbench.config.ablation import parse_ablation
 from attnbench.cli import main
-from attnbench.grid import run_grid
-from attnbench.runner import options_for
-from attnbench.study import default_storage, open_study, trial_rows
+from attnbench.store.grid import run_grid
+from attnbench.run.runner import options_for
+from attnbench.store.study import default_storage, open_study, trial_rows
 
 SMALL = {"name": "small", "backbones": [{"name": "cifar_resnet20", "input_size": 16, "num_classes": 10}],
          "variants": [{"module": "se"}]}

@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 
 from attnbench.errors import ConfigError
-from attnbench.storage import open_storage
+from attnbench.store.storage import open_storage
 
 URL = os.environ.get("ATTNBENCH_TEST_POSTGRES_URL", "")
 needs_server = pytest.mark.skipif(

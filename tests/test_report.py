@@ -16,16 +16,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from attnbench.ablation import parse_ablation
+from attnbench.config.ablation import parse_ablation
 from attnbench.cli import main
-from attnbench.grid import run_grid
-from attnbench.published import PUBLISHED, agrees, published_matches, reproduce, rounds_to
-from attnbench.report import export_grid, write_report
-from attnbench.report_common import LATENCY, TOP1, pretty_backbone, si
-from attnbench.report_latex import column_digits, escape, latex_table
-from attnbench.report_plots import ablation_series, pareto_axes, pareto_front
-from attnbench.runner import RunOptions
-from attnbench.study import check_writable, default_storage, open_study, trial_rows
+from attnbench.store.grid import run_grid
+from attnbench.report.published import PUBLISHED, agrees, published_matches, reproduce, rounds_to
+from attnbench.report.tables import export_grid, write_report
+from attnbench.report.common import LATENCY, TOP1, pretty_backbone, si
+from attnbench.report.latex import column_digits, escape, latex_table
+from attnbench.report.plots import ablation_series, pareto_axes, pareto_front
+from attnbench.run.runner import RunOptions
+from attnbench.store.study import check_writable, default_storage, open_study, trial_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = {
@@ -161,7 +161,7 @@ def test_escape_makes_every_special_character_literal() -> None:
 
 
 def test_column_digits_keep_three_significant_figures() -> None:
-    from attnbench.report_common import MACS, PARAMS
+    from attnbench.report.common import MACS, PARAMS
 
     assert column_digits(PARAMS, [25.557, 11.17]) == 2
     assert column_digits(MACS, [4.089, 0.555]) == 3
@@ -273,7 +273,7 @@ def test_reproduction_macs_of_resnet18() -> None:
 
 
 def test_cli_reproduce_writes_and_prints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    import attnbench.published as published
+    import attnbench.report.published as published
 
     subset = tuple(e for e in PUBLISHED if e.model in ("ResNet-18", "CBAM-ResNet-50"))
     monkeypatch.setattr(published, "reproduce", lambda: reproduce(subset, macs=None))

@@ -13,12 +13,12 @@ import yaml
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from attnbench.ablation import parse_ablation
+from attnbench.config.ablation import parse_ablation
 from attnbench.errors import ConfigError
-from attnbench.runner import RunOptions
+from attnbench.run.runner import RunOptions
 from attnbench.search import Base, export_search, open_search_study, parse_search, parse_space, run_search
-from attnbench.storage import redact
-from attnbench.study import open_study
+from attnbench.store.storage import redact
+from attnbench.store.study import open_study
 from attnbench.train import EpochRecord
 
 ROOT = Path(__file__).resolve().parents[1]

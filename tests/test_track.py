@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from attnbench.ablation import parse_ablation
-from attnbench.grid import run_grid
-from attnbench.runner import RunOptions
-from attnbench.study import check_writable, default_storage, open_study, trial_rows
-from attnbench.track import StudyTracker, default_mode, flat_row, log_training_curve, redact, sanitize
+from attnbench.config.ablation import parse_ablation
+from attnbench.store.grid import run_grid
+from attnbench.run.runner import RunOptions
+from attnbench.store.study import check_writable, default_storage, open_study, trial_rows
+from attnbench.report.tracking import StudyTracker, default_mode, flat_row, log_training_curve, redact, sanitize
 
 SECRET = "hunter2"
 STORAGE = f"postgresql://bob:{SECRET}@db.example:5432/attn"
@@ -233,7 +233,7 @@ def hook(event, args):
         print("NETWORK", event, args[:2], file=sys.stderr, flush=True)
 
 sys.addaudithook(hook)
-from attnbench.track import StudyTracker
+from attnbench.report.tracking import StudyTracker
 
 tracker = StudyTracker("probe", "offline", Path(sys.argv[1]), {"storage": "sqlite:///x.db"}, refresh_s=0)
 tracker.log_points([{"label": "none", "attention": "none", "backbone": "b", "input_size": 32, "batch_size": 1,
@@ -257,7 +257,7 @@ def test_offline_mode_never_touches_the_network(tmp_path: Path) -> None:
 
 def test_a_failing_refresh_never_stops_the_grid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture) -> None:
-    import attnbench.track as track
+    import attnbench.report.tracking as track
 
     def unreadable(study: Any) -> None:
         raise OSError("disk I/O error")

@@ -20,14 +20,14 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from attnbench.ablation import parse_ablation
+from attnbench.config.ablation import parse_ablation
 from attnbench.errors import ConfigError
-from attnbench.grid import run_grid
-from attnbench.runner import RunOptions
+from attnbench.store.grid import run_grid
+from attnbench.run.runner import RunOptions
 from attnbench.search import open_search_study, parse_search, run_search, tally
-from attnbench.spec import Point
-from attnbench.study import attach_point, open_study, trial_rows
-from attnbench.workers import claim, holds_point, keep_claim, last_trial_number, run_in_workers
+from attnbench.config.point import Point
+from attnbench.store.study import attach_point, open_study, trial_rows
+from attnbench.store.workers import claim, holds_point, keep_claim, last_trial_number, run_in_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -55,9 +55,9 @@ def worker_main(role: str, storage: str, folder: str, host: str) -> None:
     """One worker process: wait for the go signal, then run its part, logging each trial's start and end."""
     import socket
 
-    import attnbench.storage
+    import attnbench.store.storage
 
-    attnbench.storage.HEARTBEAT_SECONDS = 1  # grace period 2 s: a dead worker elsewhere is found quickly
+    attnbench.store.storage.HEARTBEAT_SECONDS = 1  # grace period 2 s: a dead worker elsewhere is found quickly
     if host != "here":
         socket.gethostname = lambda: host  # another machine: its pid means nothing here, only its heartbeat counts
     log = Path(folder) / "trials.log"

@@ -4,12 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attnbench.ablation import load_ablation
-from attnbench.runner import options_for
+from attnbench.config.ablation import load_ablation
+from attnbench.run.runner import options_for
 from attnbench.search.export import export_search, front_table
 from attnbench.search.loop import open_search_study, run_search
 from attnbench.search.setup import parse_search
-from attnbench.study import check_writable, default_storage
+from attnbench.store.study import check_writable, default_storage
 
 
 def search_command(args: argparse.Namespace) -> None:

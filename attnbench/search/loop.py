@@ -22,14 +22,14 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from attnbench.errors import ConfigError
-from attnbench.runner import EpochCallback, RunOptions, run_point
+from attnbench.run.runner import EpochCallback, RunOptions, run_point
 from attnbench.search.objectives import metric_value, pruning_callback, set_constraints
 from attnbench.search.samplers import make_pruner, make_sampler
 from attnbench.search.setup import SearchSetup
-from attnbench.spec import Point
-from attnbench.storage import ask, open_storage, retry_callback
-from attnbench.study import attach_point, fail_trial, own_trial
-from attnbench.workers import POLL_SECONDS, keep_alive, recover, run_in_workers
+from attnbench.config.point import Point
+from attnbench.store.storage import ask, open_storage, retry_callback
+from attnbench.store.study import attach_point, fail_trial, own_trial
+from attnbench.store.workers import POLL_SECONDS, keep_alive, recover, run_in_workers
 
 Run = Callable[[Point, RunOptions, EpochCallback | None], dict[str, Any]]
 OUTCOMES = ("completed", "pruned", "failed", "reused")

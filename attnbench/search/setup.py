@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from attnbench.ablation import Ablation
+from attnbench.config.ablation import Ablation
 from attnbench.errors import ConfigError, check_keys
-from attnbench.settings import parse_measure
+from attnbench.config.settings import parse_measure
 from attnbench.search.objectives import METRICS, Metric, parse_budgets, parse_objectives
 from attnbench.search.samplers import Algorithm, parse_pruner, parse_sampler
 from attnbench.search.space import Base, SearchSpace, parse_space

@@ -34,7 +34,7 @@ from attnbench.backbones import get_backbone_entry
 from attnbench.errors import ConfigError
 from attnbench.hparams import Bool, Choice, Float, HParam, Int, OddKernels, Subset, as_float
 from attnbench.modules import get_module_entry
-from attnbench.spec import Point, make_point
+from attnbench.config.point import Point, make_point
 
 RANGE_KEYS = ("low", "high", "log", "step")
 ALL = "all"

@@ -16,8 +16,8 @@ from typing import Any, Callable
 import pandas as pd
 
 from attnbench.backbones import build_model
-from attnbench.report_common import si
-from attnbench.spec import make_point
+from attnbench.report.common import si
+from attnbench.config.point import make_point
 
 INPUT_SIZE = 224
 NUM_CLASSES = 1000

@@ -8,12 +8,12 @@ from typing import Callable
 import optuna
 from tqdm import tqdm
 
-from attnbench.ablation import Ablation
-from attnbench.runner import RunOptions, run_point
-from attnbench.spec import Point
-from attnbench.study import done_keys, fail_trial, finish_trial, open_study
+from attnbench.config.ablation import Ablation
+from attnbench.run.runner import RunOptions, run_point
+from attnbench.config.point import Point
+from attnbench.store.study import done_keys, fail_trial, finish_trial, open_study
 from attnbench.train import EpochRecord
-from attnbench.workers import grid_claims, keep_alive, last_trial_number, recover, run_in_workers
+from attnbench.store.workers import grid_claims, keep_alive, last_trial_number, recover, run_in_workers
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def run_grid(
 
     `on_point(study)` runs after each point is stored (completed or failed), e.g. to refresh a W&B table.
     With `workers` > 1 that many processes share the grid; several machines share it by running
-    the same command on one storage (attnbench.workers says how no point runs twice).
+    the same command on one storage (attnbench.store.workers says how no point runs twice).
     """
     if workers != 1:
         parts = run_in_workers(run_grid, workers, ablation, storage, options, run=run,

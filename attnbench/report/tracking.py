@@ -22,9 +22,9 @@ import optuna
 import pandas as pd
 
 from attnbench.errors import ConfigError
-from attnbench.report import points_frame
-from attnbench.storage import redact
-from attnbench.study import trial_rows
+from attnbench.report.tables import points_frame
+from attnbench.store.storage import redact
+from attnbench.store.study import trial_rows
 
 MODES = ("offline", "online", "disabled")
 PROJECT = "attnbench"

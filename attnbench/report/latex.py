@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from attnbench.report_common import GROUP, Metric, group_titles, present, si, variant_name
+from attnbench.report.common import GROUP, Metric, group_titles, present, si, variant_name
 
 _SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",

@@ -15,8 +15,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from attnbench.errors import ConfigError
-from attnbench.spec import Point
-from attnbench.storage import ask, open_storage
+from attnbench.config.point import Point
+from attnbench.store.storage import ask, open_storage
 
 DEFAULT_RESULTS = Path("results")
 DEFAULT_DB = "attnbench.db"
@@ -39,7 +39,7 @@ def check_writable(results_dir: Path) -> None:
 
 
 def open_study(name: str, storage: str) -> optuna.Study:
-    """Create or load the study `name` in `storage` (quietly); see attnbench.storage for the URLs."""
+    """Create or load the study `name` in `storage` (quietly); see attnbench.store.storage for the URLs."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(study_name=name, storage=open_storage(storage), load_if_exists=True, direction="minimize")
 

@@ -27,8 +27,8 @@ from attnbench.measure.memory import MemoryResult, measure_memory, with_oom_retr
 from attnbench.measure.profile import profile_model
 from attnbench.measure.roofline import device_peaks, minimum_bytes, roofline
 from attnbench.measure.slot_shapes import measure_slots
-from attnbench.settings import LatencySettings, MeasureSettings, TrainSettings, parse_measure, parse_train
-from attnbench.spec import Point
+from attnbench.config.settings import LatencySettings, MeasureSettings, TrainSettings, parse_measure, parse_train
+from attnbench.config.point import Point
 from attnbench.train import EpochRecord, LoadedData, load_dataset, summarize, train_model
 
 DEVICES = ("cpu", "cuda", "auto")

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from attnbench.errors import ConfigError
-from attnbench.report_common import GROUP, GROUP_DEFAULTS
+from attnbench.report.common import GROUP, GROUP_DEFAULTS
 
 
 def points_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -116,9 +116,9 @@ def _markdown_section(title: str, body: str) -> list[str]:
 
 def write_report(rows: list[dict[str, Any]], out_dir: Path, study: str, source: str = "") -> Path:
     """Write points.csv, table.md, table.tex, the plots (PNG and PDF) and report.md for one study; return report.md."""
-    from attnbench.published import published_matches, sources_markdown
-    from attnbench.report_latex import latex_table
-    from attnbench.report_plots import plot_ablations, plot_pareto
+    from attnbench.report.published import published_matches, sources_markdown
+    from attnbench.report.latex import latex_table
+    from attnbench.report.plots import plot_ablations, plot_pareto
 
     frame, table = export_grid(rows, out_dir)
     (out_dir / "table.tex").write_text(latex_table(frame, study))
@@ -158,7 +158,7 @@ def study_names(storage: str) -> list[str]:
     """Names of the studies in an Optuna storage; a missing SQLite or journal file is an error, not a new empty store."""
     import optuna
 
-    from attnbench.storage import JOURNAL_PREFIX, open_storage
+    from attnbench.store.storage import JOURNAL_PREFIX, open_storage
 
     for prefix in ("sqlite:///", JOURNAL_PREFIX):
         if storage.startswith(prefix) and not Path(storage.removeprefix(prefix).removeprefix("//")).exists():
@@ -168,8 +168,8 @@ def study_names(storage: str) -> list[str]:
 
 def report_studies(storage: str, names: Sequence[str], results_dir: Path) -> list[Path]:
     """Write the report of each named study (none named: every study in the storage); return the report.md paths."""
-    from attnbench.storage import redact
-    from attnbench.study import open_study, trial_rows
+    from attnbench.store.storage import redact
+    from attnbench.store.study import open_study, trial_rows
 
     available = study_names(storage)
     if not available:

@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter
 
-from attnbench.report_common import GROUP, LATENCY, MACS, PARAMS, TOP1, Metric, group_titles
+from attnbench.report.common import GROUP, LATENCY, MACS, PARAMS, TOP1, Metric, group_titles
 
 FORMATS = ("png", "pdf")
 DPI = 150

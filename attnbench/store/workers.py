@@ -24,8 +24,8 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from attnbench.errors import ConfigError
-from attnbench.spec import Point
-from attnbench.study import reap_interrupted, start_trial
+from attnbench.config.point import Point
+from attnbench.store.study import reap_interrupted, start_trial
 
 POLL_SECONDS = 1.0  # how often an idle worker looks for trials of dead workers while others finish theirs
 T = TypeVar("T")

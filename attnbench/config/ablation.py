@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from attnbench.errors import ConfigError, check_keys
-from attnbench.spec import DTYPES, Point, make_point
+from attnbench.config.point import DTYPES, Point, make_point
 
 TOP_KEYS = ("name", "description", "backbones", "input_size", "num_classes", "batch_sizes", "dtypes", "channels_last",
             "placement", "variants", "measure", "train", "search")

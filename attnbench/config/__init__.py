@@ -1,0 +1,1 @@
+"""Configuration: ablation files, typed and validated, expanded into points."""

@@ -1,0 +1,1 @@
+"""Reporting: tables with deltas, LaTeX, plots, published figures, the W&B mirror."""

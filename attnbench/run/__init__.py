@@ -1,0 +1,1 @@
+"""Running: one point in, one result row out."""
