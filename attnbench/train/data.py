@@ -9,6 +9,7 @@ read by DataLoader workers. Both hand out raw batches (uint8, or floats in
 from __future__ import annotations
 
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Sequence
@@ -21,11 +22,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from attnbench.errors import ConfigError
 from attnbench.train.augment import AugmentSpec
+from attnbench.train.safe_pickle import UnsafePickleError, load_data_pickle
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 DEFAULT_VAL_FRACTION = 0.2  # for sets that ship without a validation split
 STATS_SAMPLE = 2048  # streamed sets estimate mean/std from this many training images
+MAX_IMAGE_PIXELS = 1 << 26  # a file declaring more pixels (64 Mpx) is refused as a likely decompression bomb
 
 
 @dataclass(frozen=True)
@@ -131,9 +134,38 @@ class ImageFiles(Dataset):
         from PIL import Image, ImageOps
 
         path, label = self.samples[index]
-        with Image.open(path) as image:
-            fitted = ImageOps.fit(image.convert("RGB"), (self.size, self.size), method=Image.Resampling.BILINEAR)
+        with _open_image(path) as image:
+            fitted = _decoded(path, lambda: ImageOps.fit(image.convert("RGB"), (self.size, self.size),
+                                                          method=Image.Resampling.BILINEAR))
         return torch.from_numpy(np.array(fitted, dtype=np.uint8)).permute(2, 0, 1), label
+
+
+class ImageFileError(ValueError):
+    """An image file PIL cannot decode, or one too large to be an honest image; the message names the file."""
+
+
+def _decoded(path: Path, decode: Any) -> Any:
+    """`decode()` with PIL's failures (and its decompression-bomb warning) as one ImageFileError naming `path`."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return decode()
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageFileError(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
+
+
+def _open_image(path: Path) -> Any:
+    """The file opened lazily (header only), refused when it is no image or declares more than MAX_IMAGE_PIXELS."""
+    from PIL import Image
+
+    image = _decoded(path, lambda: Image.open(path))
+    if image.width * image.height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise ImageFileError(f"{path}: declares {image.width} x {image.height} pixels, more than the "
+                             f"{MAX_IMAGE_PIXELS} a training image may have (a decompression bomb?)")
+    return image
 
 
 class StreamSplit:
@@ -332,18 +364,42 @@ def _download_cifar(spec: DataSpec) -> None:
         dataset(root=spec.data_dir, train=train, download=True)
 
 
+def _read_cifar_pickle(path: Path, spec: DataSpec) -> Any:
+    """One CIFAR python file, read by the data-only unpickler; ConfigError naming the file for anything else."""
+    try:
+        return load_data_pickle(path)
+    except UnsafePickleError as error:
+        reason = f"{error}, which a CIFAR batch never does; refused before running anything"
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+            UnicodeDecodeError, OSError) as error:
+        reason = f"it is not a whole python pickle (empty, truncated or another format: {type(error).__name__})"
+    raise ConfigError("data_dir", spec.data_dir, f"{spec.dataset} python files; {path.name}: {reason}")
+
+
 def _read_cifar_files(folder: Path, names: Sequence[str], label_key: bytes, spec: DataSpec) -> tuple[Tensor, Tensor]:
     images, labels = [], []
     for name in names:
-        with open(folder / name, "rb") as handle:
-            batch = pickle.load(handle, encoding="bytes")
-        data = np.asarray(batch.get(b"data"))
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or label_key not in batch:
-            raise ConfigError("data_dir", spec.data_dir, f"{spec.dataset} python files whose {name} holds "
-                              f"b'data' (N x 3072 uint8) and {label_key!r}")
+        batch = _read_cifar_pickle(folder / name, spec)
+
+        def refuse(why: str) -> ConfigError:
+            return ConfigError("data_dir", spec.data_dir, f"{spec.dataset} python files; {name}: {why}")
+
+        if not isinstance(batch, dict) or not isinstance(batch.get(b"data"), np.ndarray) or label_key not in batch:
+            raise refuse(f"a dict holding b'data' (an N x 3072 uint8 array) and {label_key!r}")
+        data, label_list = batch[b"data"], batch[label_key]
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            # floats would wrap around when cast to bytes; the real files hold bytes
+            raise refuse(f"b'data' as an N x 3072 uint8 array, not {data.dtype} of shape {data.shape}")
+        if not isinstance(label_list, (list, np.ndarray)) or len(label_list) != data.shape[0]:
+            count = len(label_list) if isinstance(label_list, (list, np.ndarray)) else type(label_list).__name__
+            raise refuse(f"one label per image: {data.shape[0]} images, {count} labels")
+        if data.shape[0] == 0:
+            raise refuse("at least one image (this batch is empty)")
+        if any(isinstance(label, bool) or not isinstance(label, (int, np.integer)) for label in label_list):
+            raise refuse(f"integer labels under {label_key!r}")
         # Each row is the R plane, then G, then B, each 32 rows of 32 pixels.
-        images.append(torch.from_numpy(data.astype(np.uint8).reshape(-1, 3, 32, 32)))
-        labels.append(torch.as_tensor(batch[label_key], dtype=torch.long))
+        images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
+        labels.append(torch.as_tensor(np.asarray(label_list, dtype=np.int64)))
     out = torch.cat(labels)
     if out.numel() and not 0 <= int(out.min()) <= int(out.max()) < _CIFAR_CLASSES[spec.dataset]:
         raise ConfigError("data_dir", spec.data_dir, f"{spec.dataset} labels in [0, {_CIFAR_CLASSES[spec.dataset]})")
@@ -357,9 +413,9 @@ def _cifar(spec: DataSpec) -> _Raw:
     val_images, val_labels = _read_cifar_files(folder, test_files, label_key, spec)
     classes = tuple(str(i) for i in range(_CIFAR_CLASSES[spec.dataset]))
     if (folder / meta_file).is_file():
-        with open(folder / meta_file, "rb") as handle:
-            names = pickle.load(handle, encoding="bytes").get(names_key)
-        if names and len(names) == len(classes):
+        meta = _read_cifar_pickle(folder / meta_file, spec)
+        names = meta.get(names_key) if isinstance(meta, dict) else None
+        if isinstance(names, list) and len(names) == len(classes):
             classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
     return _Raw(images, labels, classes, val_images, val_labels)
 
@@ -397,12 +453,31 @@ def _image_folder_samples(spec: DataSpec) -> tuple[tuple[str, ...], list[tuple[P
     return classes, train, val
 
 
-def _decode_all(files: ImageFiles, num_workers: int) -> tuple[Tensor, Tensor]:
+def _decode_all(files: ImageFiles, spec: DataSpec) -> tuple[Tensor, Tensor]:
+    """Every image of `files` decoded; ConfigError naming the first file that cannot be."""
     images, labels = [], []
-    for batch_images, batch_labels in DataLoader(files, batch_size=256, num_workers=num_workers):
-        images.append(batch_images)
-        labels.append(batch_labels)
+    try:
+        for batch_images, batch_labels in DataLoader(files, batch_size=256, num_workers=spec.num_workers):
+            images.append(batch_images)
+            labels.append(batch_labels)
+    except Exception:
+        # a worker's error arrives as its traceback text: decode here, one by one, to name the file
+        for index in range(len(files)):
+            try:
+                files[index]
+            except ImageFileError as error:
+                raise ConfigError("data_dir", spec.data_dir, f"image files PIL can decode; {error}") from None
+        raise
     return torch.cat(images), torch.cat(labels).long()
+
+
+def _check_headers(samples: Sequence[tuple[Path, int]], spec: DataSpec) -> None:
+    """Read every file's header (cheap), so a streamed set refuses a non-image before training starts."""
+    for path, _ in samples:
+        try:
+            _open_image(path).close()
+        except ImageFileError as error:
+            raise ConfigError("data_dir", spec.data_dir, f"image files PIL can decode; {error}") from None
 
 
 def _load_image_folder(spec: DataSpec) -> LoadedData:
@@ -415,14 +490,15 @@ def _load_image_folder(spec: DataSpec) -> LoadedData:
     total_mb = (len(train_samples) + len(val_samples)) * 3 * spec.image_size**2 / 2**20
     train_files, val_files = ImageFiles(train_samples, spec.image_size), ImageFiles(val_samples, spec.image_size)
     if total_mb <= spec.max_in_memory_mb:
-        train: TensorSplit | StreamSplit = TensorSplit(*_decode_all(train_files, spec.num_workers))
-        val: TensorSplit | StreamSplit = TensorSplit(*_decode_all(val_files, spec.num_workers))
+        train: TensorSplit | StreamSplit = TensorSplit(*_decode_all(train_files, spec))
+        val: TensorSplit | StreamSplit = TensorSplit(*_decode_all(val_files, spec))
         mean, std = channel_stats(train.images)
     else:
+        _check_headers(train_samples + val_samples, spec)
         train, val = StreamSplit(train_files, spec.num_workers), StreamSplit(val_files, spec.num_workers)
         pick = torch.randperm(len(train_files), generator=torch.Generator().manual_seed(spec.seed))[:STATS_SAMPLE]
         mean, std = channel_stats(_decode_all(ImageFiles([train_samples[i] for i in pick.tolist()], spec.image_size),
-                                              spec.num_workers)[0])
+                                              spec)[0])
     info = DataInfo("imagefolder", len(classes), classes, spec.image_size, mean, std, len(train), len(val),
                     isinstance(train, TensorSplit), _augment_spec(spec))
     return LoadedData(train, val, info)
