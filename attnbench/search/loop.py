@@ -27,9 +27,10 @@ from attnbench.search.objectives import metric_value, pruning_callback, set_cons
 from attnbench.search.samplers import make_pruner, make_sampler
 from attnbench.search.setup import SearchSetup
 from attnbench.config.point import Point
-from attnbench.store.storage import ask, open_storage, retry_callback
-from attnbench.store.study import attach_point, fail_trial, own_trial
-from attnbench.store.workers import POLL_SECONDS, keep_alive, recover, run_in_workers
+from attnbench.store.storage import ask, open_storage, retry_callback, store_errors
+from attnbench.store.study import attach_point, fail_trial, own_trial, trial_point_key
+from attnbench.store.processes import run_in_workers
+from attnbench.store.workers import DIED, POLL_SECONDS, keep_alive, reap, recover
 
 Run = Callable[[Point, RunOptions, EpochCallback | None], dict[str, Any]]
 OUTCOMES = ("completed", "pruned", "failed", "reused")
@@ -53,11 +54,13 @@ class SearchSummary:
 def open_search_study(setup: SearchSetup, storage: str, seed: int | None = None) -> optuna.Study:
     """Create or join the search's study; ConfigError if the name holds a different search or a grid."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=setup.study, storage=open_storage(storage, retry_stale=True), sampler=make_sampler(setup.sampler, seed),
-        pruner=make_pruner(setup.pruner), directions=setup.directions, load_if_exists=True,
-    )
-    _check_same_search(study, setup)
+    with store_errors(storage):
+        study = optuna.create_study(
+            study_name=setup.study, storage=open_storage(storage, retry_stale=True),
+            sampler=make_sampler(setup.sampler, seed), pruner=make_pruner(setup.pruner), directions=setup.directions,
+            load_if_exists=True,
+        )
+        _check_same_search(study, setup)
     return study
 
 
@@ -101,10 +104,22 @@ def run_search(
         raise ConfigError("trials", target, "a positive integer")
     if workers != 1:
         parts = run_in_workers(run_search, workers, setup, storage, options, trials=target, run=run, poll=poll,
-                               local={"progress": progress})
+                               local={"progress": progress},
+                               on_child_death=functools.partial(requeue_dead_worker, setup, storage))
         totals = {name: sum(getattr(p, name) for p in parts) for name in ("ran", *OUTCOMES, "retried")}
         return SearchSummary(setup.study, **totals, finished=max(p.finished for p in parts),
                              seconds=max(p.seconds for p in parts))
+    with store_errors(storage):
+        return _search_here(setup, storage, options, target, progress, run, worker, poll)
+
+
+def requeue_dead_worker(setup: SearchSetup, storage: str, pid: int, how: str) -> None:
+    """Fail the running trial of worker process `pid`, which just died, and queue it again with its parameters."""
+    reap(open_search_study(setup, storage), retry_callback(), pid=pid, reason=f"{DIED} (worker pid {pid} {how})")
+
+
+def _search_here(setup: SearchSetup, storage: str, options: RunOptions, target: int, progress: bool, run: Run,
+                 worker: int, poll: float) -> SearchSummary:
     started = time.perf_counter()
     study = open_search_study(setup, storage, None if setup.seed is None else setup.seed + worker)
     if not setup.needs_training:
@@ -162,7 +177,7 @@ def _run_trial(study: optuna.Study, setup: SearchSetup, run: Callable[..., dict[
         return "failed", retried
     attach_point(trial, point)
     same = next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                 if t.user_attrs.get("point_key") == point.key), None)
+                 if trial_point_key(t) == point.key), None)
     if same is not None:
         trial.set_user_attr("same_as", same.number)
         trial.set_user_attr("result", same.user_attrs.get("result", {}))
@@ -183,8 +198,8 @@ def _run_trial(study: optuna.Study, setup: SearchSetup, run: Callable[..., dict[
     except ConfigError as error:  # the runs cannot give what the search asks for: stop, do not burn every trial
         fail_trial(study, trial, str(error))
         raise
-    except KeyboardInterrupt:
-        fail_trial(study, trial, "interrupted: KeyboardInterrupt")
+    except KeyboardInterrupt as interruption:  # Ctrl-C, or SIGTERM (attnbench.store.processes.Terminated)
+        fail_trial(study, trial, f"interrupted: {type(interruption).__name__}")
         raise
     except Exception as error:  # OOM, NaN loss, ...: recorded with the trial, the search goes on
         fail_trial(study, trial, error)

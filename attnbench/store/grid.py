@@ -1,6 +1,7 @@
 """Run an ablation's points through the runner into the store, skipping what is already done."""
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -9,11 +10,13 @@ import optuna
 from tqdm import tqdm
 
 from attnbench.config.ablation import Ablation
-from attnbench.run.runner import RunOptions, run_point
 from attnbench.config.point import Point
+from attnbench.run.runner import RunOptions, run_point
+from attnbench.store.processes import run_in_workers
+from attnbench.store.storage import store_errors
 from attnbench.store.study import done_keys, fail_trial, finish_trial, open_study
+from attnbench.store.workers import DIED, grid_claims, keep_alive, last_trial_number, reap, recover
 from attnbench.train import EpochRecord
-from attnbench.store.workers import grid_claims, keep_alive, last_trial_number, recover, run_in_workers
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class GridSummary:
     failed: int
     interrupted_before: int
     seconds: float
+    failed_labels: tuple[str, ...] = ()  # "backbone variant" of each point that failed in this run
 
 
 def run_grid(
@@ -47,19 +51,35 @@ def run_grid(
     """
     if workers != 1:
         parts = run_in_workers(run_grid, workers, ablation, storage, options, run=run,
-                               local={"progress": progress, "on_point": on_point})
+                               local={"progress": progress, "on_point": on_point},
+                               on_child_death=functools.partial(fail_dead_worker, storage, ablation.name))
         return GridSummary(parts[0].total, parts[0].skipped, sum(p.completed for p in parts), sum(p.failed for p in parts),
-                           sum(p.interrupted_before for p in parts), max(p.seconds for p in parts))
+                           sum(p.interrupted_before for p in parts), max(p.seconds for p in parts),
+                           tuple(label for p in parts for label in p.failed_labels))
+    with store_errors(storage):
+        return _run_here(ablation, storage, options, progress, run, on_point, worker)
+
+
+def fail_dead_worker(storage: str, study_name: str, pid: int, how: str) -> None:
+    """Fail the running trials of worker process `pid`, which just died, so a live worker takes their points."""
+    reap(open_study(study_name, storage), pid=pid, reason=f"{DIED} (worker pid {pid} {how})")
+
+
+def _run_here(ablation: Ablation, storage: str, options: RunOptions, progress: bool,
+              run: Callable[[Point, RunOptions], dict], on_point: Callable[[optuna.Study], None] | None,
+              worker: int) -> GridSummary:
     started = time.perf_counter()
-    study = open_study(ablation.name, storage)
+    study = open_study(ablation.name, storage, for_writing=True)
     interrupted = recover(study)
     since = last_trial_number(study)
     done = done_keys(study)
     pending = [p for p in ablation.points if p.key not in done]
-    completed = failed = 0
-    bar = tqdm(grid_claims(study, pending, since), total=len(pending), desc=ablation.name, unit="point",
-               disable=not progress or worker > 0, dynamic_ncols=True)
-    for point, trial in bar:
+    completed = 0
+    failed: list[str] = []
+    shown = progress and worker == 0
+    bar = tqdm(total=len(pending), desc=ablation.name, unit="point", disable=not shown, dynamic_ncols=True)
+    on_wait = (lambda message: bar.write(f"{ablation.name}: {message}")) if shown else None
+    for point, trial in grid_claims(study, pending, since, on_wait=on_wait):
         label = f"{point.backbone} {point.variant_label()}"[:60]
         bar.set_postfix_str(label)
         try:
@@ -67,19 +87,21 @@ def run_grid(
                 # per-epoch accuracy goes to the trial (Optuna's intermediate values), seed after seed
                 extra = {"on_epoch": _epoch_reporter(trial, options, bar, label)} if options.train is not None else {}
                 result = run(point, options, **extra)
-        except KeyboardInterrupt:
-            fail_trial(study, trial, "interrupted: KeyboardInterrupt")
+        except KeyboardInterrupt as interruption:  # Ctrl-C, or SIGTERM (attnbench.store.processes.Terminated)
+            fail_trial(study, trial, f"interrupted: {type(interruption).__name__}")
             raise
         except Exception as error:  # any failure is recorded with the point; the grid goes on
             fail_trial(study, trial, error)
-            failed += 1
+            failed.append(label)
         else:
             finish_trial(study, trial, result)
             completed += 1
         if on_point is not None:
             on_point(study)
-    return GridSummary(len(ablation.points), len(ablation.points) - len(pending), completed, failed, interrupted,
-                       time.perf_counter() - started)
+        bar.update(1)
+    bar.close()
+    return GridSummary(len(ablation.points), len(ablation.points) - len(pending), completed, len(failed), interrupted,
+                       time.perf_counter() - started, tuple(failed))
 
 
 def _epoch_reporter(trial: optuna.Trial, options: RunOptions, bar: tqdm, label: str) -> Callable[[int, EpochRecord], None]:

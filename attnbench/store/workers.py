@@ -10,25 +10,31 @@ safe: the lower number may write its claim after the higher one has already chec
 """
 from __future__ import annotations
 
-import multiprocessing
-import os
 import random
 import threading
 import time
 import warnings
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence
 
 import optuna
-import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from attnbench.errors import ConfigError
 from attnbench.config.point import Point
-from attnbench.store.study import reap_interrupted, start_trial
+from attnbench.store.owners import (
+    LEASE,
+    LEASE_RENEW_SECONDS,
+    LEASE_SECONDS,
+    OWNER,
+    describe_owner,
+    on_this_host,
+    owner_alive,
+)
+from attnbench.store.study import start_trial, trial_point_key
 
 POLL_SECONDS = 1.0  # how often an idle worker looks for trials of dead workers while others finish theirs
-T = TypeVar("T")
+DIED = "interrupted: the process running it died"
+Reaped = Callable[[optuna.Study, FrozenTrial], None]
 
 
 def heartbeat_interval(study: optuna.Study) -> int | None:
@@ -39,23 +45,27 @@ def heartbeat_interval(study: optuna.Study) -> int | None:
 
 @contextmanager
 def keep_alive(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
-    """Record the trial's heartbeat while the block runs, so other workers know its process lives."""
+    """While the block runs, tell other workers the trial's process lives: a heartbeat (SQL) or a lease (journal)."""
     interval = heartbeat_interval(study)
-    if interval is None:
-        yield
-        return
-    # The first beat is written before the work starts: a trial without any heartbeat never counts as stale.
-    study._storage.record_heartbeat(trial._trial_id)
+
+    def renew() -> None:
+        if interval is None:
+            study._storage.set_trial_user_attr(trial._trial_id, LEASE, time.time() + LEASE_SECONDS)
+        else:
+            study._storage.record_heartbeat(trial._trial_id)
+
+    # The first renewal is written before the work starts: a trial without any never counts as stale.
+    renew()
     stop = threading.Event()
 
     def beat() -> None:
-        while not stop.wait(interval):
+        while not stop.wait(LEASE_RENEW_SECONDS if interval is None else interval):
             try:
-                study._storage.record_heartbeat(trial._trial_id)
-            except Exception:  # a database hiccup must not end the heartbeats of a trial that still runs
+                renew()
+            except Exception:  # a database hiccup must not end the renewals of a trial that still runs
                 pass
 
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+    thread = threading.Thread(target=beat, name=f"keep-alive-{trial.number}", daemon=True)
     thread.start()
     try:
         yield
@@ -64,11 +74,38 @@ def keep_alive(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
         thread.join()
 
 
-def recover(study: optuna.Study, on_reaped: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> int:
+def reap(study: optuna.Study, on_reaped: Reaped | None = None, *, pid: int | None = None,
+         reason: str = DIED) -> int:
+    """Mark RUNNING trials whose owner is dead (or, given `pid`, owned by that process here) as FAIL; return how many.
+
+    `on_reaped(study, trial)` gets each reaped trial as it was while running (a search queues it
+    again). When two workers reap the same trial, only the one whose update lands counts it.
+    """
+    reaped = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = trial.user_attrs.get(OWNER) or {}
+        if pid is not None:
+            if owner.get("pid") != pid or not on_this_host(owner):
+                continue
+        elif owner_alive(owner, trial.user_attrs.get(LEASE)):
+            continue
+        try:
+            study._storage.set_trial_user_attr(trial._trial_id, "error", reason)
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        reaped += 1
+        if on_reaped is not None:
+            on_reaped(study, trial)
+    return reaped
+
+
+def recover(study: optuna.Study, on_reaped: Reaped | None = None) -> int:
     """Fail the trials of dead workers so that their work is done again; return how many.
 
-    Stale heartbeats find dead workers on any machine (SQL storages, after the grace period);
-    process ids find them at once on this machine (every storage).
+    Stale heartbeats find dead workers on any machine (SQL storages, after the grace period),
+    expired leases likewise on stores without heartbeats; process ids find them at once on
+    this machine (every storage).
     """
     running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     with warnings.catch_warnings():
@@ -78,7 +115,7 @@ def recover(study: optuna.Study, on_reaped: Callable[[optuna.Study, FrozenTrial]
     if running:
         stale = sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
                     if t.number in running and "error" not in t.user_attrs)
-    return stale + reap_interrupted(study, on_reaped)
+    return stale + reap(study, on_reaped)
 
 
 def holds_point(trial: FrozenTrial, since: int) -> bool:
@@ -106,7 +143,7 @@ def claim(study: optuna.Study, point: Point, since: int) -> optuna.Trial | None:
 def keep_claim(study: optuna.Study, trial: optuna.Trial, point: Point, since: int) -> bool:
     """Whether our trial, its point already written, is the only holder; if not, give it up (PRUNED)."""
     rivals = [t.number for t in study.get_trials(deepcopy=False)
-              if t.number != trial.number and t.user_attrs.get("point_key") == point.key and holds_point(t, since)]
+              if t.number != trial.number and trial_point_key(t) == point.key and holds_point(t, since)]
     if not rivals:
         return True
     trial.set_user_attr("claim_lost_to", min(rivals))
@@ -114,18 +151,35 @@ def keep_claim(study: optuna.Study, trial: optuna.Trial, point: Point, since: in
     return False
 
 
-def grid_claims(study: optuna.Study, points: Sequence[Point], since: int,
-                poll: float = POLL_SECONDS) -> Iterator[tuple[Point, optuna.Trial]]:
-    """Claimed (point, trial) pairs until every point is held; waits while others still run some of them."""
+def waiting_for(trials: Sequence[FrozenTrial]) -> str:
+    """What a worker with nothing left to start waits for: the running trials of others and who runs them."""
+    shown = ", ".join(f"trial {t.number} ({describe_owner(t.user_attrs.get(OWNER), t.user_attrs.get(LEASE))})"
+                      for t in trials[:3])
+    more = f" and {len(trials) - 3} more" if len(trials) > 3 else ""
+    return f"waiting for {len(trials)} point{'s' * (len(trials) != 1)} other workers run: {shown}{more}"
+
+
+def grid_claims(study: optuna.Study, points: Sequence[Point], since: int, poll: float = POLL_SECONDS,
+                on_wait: Callable[[str], None] | None = None) -> Iterator[tuple[Point, optuna.Trial]]:
+    """Claimed (point, trial) pairs until every point is held; waits while others still run some of them.
+
+    `on_wait(message)` hears what it waits for whenever that changes.
+    """
     keys = {p.key for p in points}
+    told = ""
     while True:
         recover(study)
         trials = study.get_trials(deepcopy=False)
-        held = {t.user_attrs.get("point_key") for t in trials if holds_point(t, since)}
+        held = {trial_point_key(t) for t in trials if holds_point(t, since)}
         todo = [p for p in points if p.key not in held]
         if not todo:
-            if not any(t.state == TrialState.RUNNING and t.user_attrs.get("point_key") in keys for t in trials):
+            others = [t for t in trials if t.state == TrialState.RUNNING and trial_point_key(t) in keys]
+            if not others:
                 return
+            message = waiting_for(others)
+            if on_wait is not None and message.split(":")[0] != told.split(":")[0]:
+                on_wait(message)
+            told = message
             time.sleep(poll)  # another worker runs the last points; stay to take over if it dies
             continue
         trial = claim(study, todo[0], since)
@@ -133,46 +187,3 @@ def grid_claims(study: optuna.Study, points: Sequence[Point], since: int,
             time.sleep(random.uniform(0.0, poll / 4))  # break the tie with a worker that gave up too
             continue
         yield todo[0], trial
-
-
-def run_in_workers(fn: Callable[..., T], workers: int, *args: Any, local: dict[str, Any] | None = None,
-                   **kwargs: Any) -> list[T]:
-    """fn(*args, worker=0, **local, **kwargs) here and fn(*args, worker=i, **kwargs) in workers-1 new processes.
-
-    Returns the results of the workers that finished (a killed one has none). Each worker gets
-    an equal share of the CPU threads. `local` holds what cannot or should not cross processes
-    (progress bars, trackers).
-    """
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ConfigError("workers", workers, "a positive integer")
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools and open connections
-    results = context.SimpleQueue()
-    children = [context.Process(target=_child, args=(fn, args, {**kwargs, "worker": index}, threads, results))
-                for index in range(1, workers)]
-    for child in children:
-        child.start()
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        mine = fn(*args, worker=0, **(local or {}), **kwargs)
-    except BaseException:
-        for child in children:
-            child.terminate()  # their running trials are reaped as interrupted by the next run
-        raise
-    finally:
-        torch.set_num_threads(previous)
-        for child in children:
-            child.join()
-    gathered = [mine]
-    while not results.empty():
-        gathered.append(results.get())
-    return gathered
-
-
-def _child(fn: Callable[..., T], args: tuple, kwargs: dict[str, Any], threads: int, results: Any) -> None:
-    torch.set_num_threads(threads)
-    try:
-        results.put(fn(*args, **kwargs))
-    except KeyboardInterrupt:  # the parent reports the interruption once
-        raise SystemExit(130) from None
