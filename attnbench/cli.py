@@ -60,27 +60,32 @@ def _list() -> None:
     print(pd.DataFrame(rows).to_markdown(index=False))
 
 
-def _grid(args: argparse.Namespace) -> None:
+def _grid(args: argparse.Namespace) -> int:
     from attnbench.config.ablation import load_ablation
-    from attnbench.store.grid import run_grid
+    from attnbench.core.paths import check_writable, study_dir
     from attnbench.report.tables import export_grid
-    from attnbench.run.runner import options_for
-    from attnbench.store.study import check_writable, default_storage, open_study, trial_rows
     from attnbench.report.tracking import StudyTracker, default_mode
+    from attnbench.run.runner import options_for
+    from attnbench.store.grid import run_grid
+    from attnbench.store.study import default_storage, open_study, trial_rows
 
     ablation = load_ablation(args.grid)
-    check_writable(args.results)
-    options = options_for(ablation, args.device, args.results / ablation.name / "profiles" if args.profile else None)
+    # every output place is checked before the first point runs, so nothing measured is lost to a bad path
+    out = check_writable(study_dir(check_writable(args.results), ablation.name, "name"), "name")
+    profiles = check_writable(out / "profiles", "profile") if args.profile else None
+    options = options_for(ablation, args.device, profiles)
     storage = args.storage or default_storage(args.results)
+    open_study(ablation.name, storage, for_writing=True)
     tracker = StudyTracker(ablation.name, args.wandb or default_mode(), args.results,
                            {"storage": storage, "ablation": str(args.grid), "device": options.resolved_device()})
-    summary = run_grid(ablation, storage, options, progress=not args.quiet, on_point=tracker.on_point,
-                       workers=args.workers)
-    frame, table = export_grid(trial_rows(open_study(ablation.name, storage)), args.results / ablation.name)
-    where = tracker.finish(frame)
+    try:
+        summary = run_grid(ablation, storage, options, progress=not args.quiet, on_point=tracker.on_point,
+                           workers=args.workers)
+    finally:  # interrupted or not, what is done is exported
+        frame, table = export_grid(trial_rows(open_study(ablation.name, storage)), out)
+        where = tracker.finish(frame)
     if not args.quiet:
         print(table.to_markdown(index=False))
-    out = args.results / ablation.name
     print(f"{ablation.name}: {summary.completed} measured, {summary.skipped} already done, {summary.failed} failed "
           f"in {summary.seconds:.1f} s; exports in {out}/points.csv and {out}/table.md", file=sys.stderr)
     if where and not args.quiet:
@@ -88,6 +93,12 @@ def _grid(args: argparse.Namespace) -> None:
     uncounted = frame.get("uncounted_ops")
     if uncounted is not None and uncounted.fillna("").astype(bool).any():
         print("warning: some ops were not counted; see the 'uncounted ops' column", file=sys.stderr)
+    if summary.failed:
+        shown = "; ".join(summary.failed_labels[:5]) + (f"; and {summary.failed - 5} more" if summary.failed > 5 else "")
+        print(f"bench.py: {summary.failed} of {summary.completed + summary.failed} points failed in this run "
+              f"(errors in the 'error' column of {out}/points.csv): {shown}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -99,8 +110,8 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> None:
+    from attnbench.core.paths import check_writable
     from attnbench.report.published import write_reproduction
-    from attnbench.store.study import check_writable
 
     check_writable(args.results)
     path, text = write_reproduction(args.results)
@@ -109,27 +120,32 @@ def _reproduce(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status: 0 done, 1 some points failed, 2 bad input, 130/143 interrupted."""
     args = _parser().parse_args(argv)
     from attnbench.errors import ConfigError
+    from attnbench.store.processes import Terminated, terminate_as_interrupt
+    from attnbench.store.storage import redact
 
     try:
-        if args.list:
-            _list()
-        elif args.report is not None:
-            _report(args)
-        elif args.reproduce:
-            _reproduce(args)
-        elif args.search:
-            from attnbench.search.command import search_command
+        with terminate_as_interrupt():
+            if args.list:
+                _list()
+            elif args.report is not None:
+                _report(args)
+            elif args.reproduce:
+                _reproduce(args)
+            elif args.search:
+                from attnbench.search.command import search_command
 
-            search_command(args)
-        else:
-            _grid(args)
+                search_command(args)
+            else:
+                return _grid(args)
     except ConfigError as error:
-        print(f"bench.py: error: {error}", file=sys.stderr)
+        print(f"bench.py: error: {redact(str(error))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("bench.py: interrupted; everything measured so far is in the store, re-run to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interruption:
+        signal_name = "SIGTERM" if isinstance(interruption, Terminated) else "Ctrl-C"
+        print(f"bench.py: stopped by {signal_name}; everything measured so far is in the store and the exports, "
+              "re-run to resume", file=sys.stderr)
+        return 143 if isinstance(interruption, Terminated) else 130
     return 0

@@ -25,7 +25,8 @@ from attnbench.report.common import LATENCY, TOP1, pretty_backbone, si
 from attnbench.report.latex import column_digits, escape, latex_table
 from attnbench.report.plots import ablation_series, pareto_axes, pareto_front
 from attnbench.run.runner import RunOptions
-from attnbench.store.study import check_writable, default_storage, open_study, trial_rows
+from attnbench.core.paths import check_writable
+from attnbench.store.study import default_storage, open_study, trial_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = {

@@ -17,7 +17,8 @@ import pytest
 from attnbench.config.ablation import parse_ablation
 from attnbench.store.grid import run_grid
 from attnbench.run.runner import RunOptions
-from attnbench.store.study import check_writable, default_storage, open_study, trial_rows
+from attnbench.core.paths import check_writable
+from attnbench.store.study import default_storage, open_study, trial_rows
 from attnbench.report.tracking import StudyTracker, default_mode, flat_row, log_training_curve, redact, sanitize
 
 SECRET = "hunter2"
@@ -82,7 +83,7 @@ def test_storage_secret_never_reaches_wandb(offline_grid: SimpleNamespace) -> No
     run_dir = next(offline_grid.results.glob("wandb/offline-run-*"))
     written = b"".join(p.read_bytes() for p in run_dir.rglob("*") if p.is_file())
     assert SECRET.encode() not in written
-    assert b"bob:***@db.example" in written  # the redacted URL is there: the search looked in the right place
+    assert b"postgresql://***@db.example" in written  # the redacted URL is there: the search looked in the right place
     error = next(r for r in offline_grid.rows if r["label"] == "eca")["error"]
     assert SECRET in error  # the store keeps the raw message; only W&B gets it redacted
 
@@ -161,7 +162,7 @@ def test_training_curve_is_a_run_grouped_by_study(tmp_path: Path, monkeypatch: p
     (run,) = runs
     assert (run.kwargs["group"], run.kwargs["name"], run.kwargs["job_type"]) == ("default", "se(reduction=8)", "train")
     assert run.kwargs["settings"].mode == "offline" and run.kwargs["dir"] == str(tmp_path)
-    assert run.kwargs["config"] == {"study": "default", "point": "se(reduction=8)", "storage": "postgresql://bob:***@db.example:5432/attn", "lr": 0.1}
+    assert run.kwargs["config"] == {"study": "default", "point": "se(reduction=8)", "storage": "postgresql://***@db.example:5432/attn", "lr": 0.1}
     assert run.logged == [(1, {"train_loss": 2.0, "val_top1": 30.0}), (2, {"train_loss": 1.5, "val_top1": 41.5})]
     assert run.finished
 
@@ -182,14 +183,14 @@ def test_refresh_is_throttled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.mark.parametrize("text,expected", [
-    ("postgresql://bob:hunter2@db:5432/attn", "postgresql://bob:***@db:5432/attn"),
-    ("postgresql+psycopg2://bob:p@ss:w0rd@db/attn", "postgresql+psycopg2://bob:***@db/attn"),
-    ("redis://:hunter2@cache:6379/0", "redis://:***@cache:6379/0"),
-    ("failed: mysql://u:hunter2@h/d (timeout)", "failed: mysql://u:***@h/d (timeout)"),
+    ("postgresql://bob:hunter2@db:5432/attn", "postgresql://***@db:5432/attn"),
+    ("postgresql+psycopg2://bob:p@ss:w0rd@db/attn", "postgresql+psycopg2://***@db/attn"),
+    ("redis://:hunter2@cache:6379/0", "redis://***@cache:6379/0"),
+    ("failed: mysql://u:hunter2@h/d (timeout)", "failed: mysql://***@h/d (timeout)"),
     ("https://host/path?user=a&password=hunter2&x=1", "https://host/path?user=a&password=***&x=1"),
     ("sqlite:///results/attnbench.db", "sqlite:///results/attnbench.db"),
     ("journal:results/a.journal", "journal:results/a.journal"),
-    ("https://user@host/x", "https://user@host/x"),
+    ("https://user@host/x", "https://***@host/x"),
 ])
 def test_redact(text: str, expected: str) -> None:
     assert redact(text) == expected
@@ -198,14 +199,14 @@ def test_redact(text: str, expected: str) -> None:
 def test_sanitize_hides_secret_keys_and_urls_at_any_depth() -> None:
     clean = sanitize({"storage": STORAGE, "api_key": "abc", "nested": {"urls": [STORAGE], "WANDB_TOKEN": "t"}, "n": 3})
     assert SECRET not in json.dumps(clean) and "abc" not in json.dumps(clean)
-    assert clean["n"] == 3 and clean["nested"]["urls"] == ["postgresql://bob:***@db.example:5432/attn"]
+    assert clean["n"] == 3 and clean["nested"]["urls"] == ["postgresql://***@db.example:5432/attn"]
 
 
 def test_flat_row_spreads_hyperparameters_and_makes_cells_scalar() -> None:
     row = flat_row({"label": "msca", "point_hyperparameters": {"scales": (7, 11), "base_kernel": 5},
                     "stages": [1, 2], "macs": float("nan"), "error": STORAGE, "ok": True})
     assert row == {"label": "msca", "hp/scales": "[7,11]", "hp/base_kernel": 5, "stages": "[1,2]", "macs": None,
-                   "error": "postgresql://bob:***@db.example:5432/attn", "ok": True}
+                   "error": "postgresql://***@db.example:5432/attn", "ok": True}
 
 
 def test_default_mode_follows_wandb_mode(monkeypatch: pytest.MonkeyPatch) -> None:

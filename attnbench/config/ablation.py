@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from attnbench.core.paths import check_study_name
 from attnbench.errors import ConfigError, check_keys
 from attnbench.config.point import DTYPES, Point, make_point
 
@@ -66,7 +67,13 @@ def load_ablation(path: str | Path) -> Ablation:
     if not path.is_file():
         raise ConfigError("ablation file", str(path), "an existing YAML file (see ablations/)")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError("ablation file", str(path), f"a UTF-8 text file (byte {error.start} is not UTF-8)") from None
+    except OSError as error:
+        raise ConfigError("ablation file", str(path), f"a readable file ({error.strerror or error})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -80,9 +87,7 @@ def parse_ablation(data: Any, source: str = "") -> Ablation:
     if not isinstance(data, dict):
         raise ConfigError("ablation file", source or data, "a YAML mapping with at least `name` and `variants`")
     check_keys(data, TOP_KEYS, "")
-    name = data.get("name")
-    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
-        raise ConfigError("name", name, "a non-empty name of letters, digits, '-', '_' or '.'")
+    name = check_study_name("name", data.get("name"))
     defaults = {"input_size": data.get("input_size", 224), "num_classes": data.get("num_classes", 1000)}
     backbones = _backbones(data.get("backbones", ["resnet50"]), defaults)
     inputs = list(itertools.product(

@@ -7,13 +7,18 @@ report.md tying them together; `report_studies` does that for studies read from 
 from __future__ import annotations
 
 import datetime
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from attnbench.errors import ConfigError
 from attnbench.report.common import GROUP, GROUP_DEFAULTS
+
+# the batch each measurement was actually taken at, where an out-of-memory retry may have halved it
+BATCH_USED = {"latency_median_ms": "batch_size_used", "memory_train_peak_bytes": "memory_batch_size_used"}
 
 
 def points_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -25,13 +30,26 @@ def points_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         frame[column] = frame[column].fillna(default) if column in frame else default
     groups = frame.set_index(GROUP).index
     baselines = frame[frame["attention"] == "none"].set_index(GROUP)
+    notes = pd.Series("", index=frame.index)
     for column in ("params", "macs", "flops", "latency_median_ms", "memory_train_peak_bytes", "top1_mean"):
         if column not in frame:
             continue
         base = groups.map(lambda key: baselines[column].get(key, float("nan"))).to_numpy(dtype=float)
+        used = BATCH_USED.get(column)
+        if used in frame:
+            # an out-of-memory retry may have timed one side at a smaller batch: such a pair does not compare
+            mine = pd.to_numeric(frame[used], errors="coerce").to_numpy(dtype=float)
+            theirs = groups.map(lambda key: baselines[used].get(key, float("nan"))).to_numpy(dtype=float)
+            differs = ~np.isnan(mine) & ~np.isnan(theirs) & (mine != theirs)
+            base = np.where(differs, np.nan, base)
+            for index in np.flatnonzero(differs):
+                notes.iloc[index] += (f"no Δ{column.split('_')[0]}: measured at batch {int(mine[index])}, "
+                                      f"the baseline at {int(theirs[index])} (out-of-memory retry); ")
         values = pd.to_numeric(frame[column], errors="coerce")
         frame[f"delta_{column}"] = values - base
         frame[f"delta_{column}_pct"] = 100.0 * frame[f"delta_{column}"] / base
+    if notes.str.len().any():
+        frame["delta_note"] = notes.str.rstrip("; ")
     return frame
 
 
@@ -86,6 +104,8 @@ def comparison_table(frame: pd.DataFrame) -> pd.DataFrame:
         table["Δtop-1"] = frame["delta_top1_mean"].map(lambda v: _signed(v, 2))
     if "uncounted_ops" in frame and frame["uncounted_ops"].fillna("").astype(bool).any():
         table["uncounted ops"] = frame["uncounted_ops"].fillna("")
+    if "delta_note" in frame and frame["delta_note"].fillna("").astype(bool).any():
+        table["note"] = frame["delta_note"].fillna("")
     if (frame["state"] != "COMPLETE").any():
         table["error"] = frame["error"].fillna("")
     return table
@@ -167,15 +187,29 @@ def study_names(storage: str) -> list[str]:
 
 
 def report_studies(storage: str, names: Sequence[str], results_dir: Path) -> list[Path]:
-    """Write the report of each named study (none named: every study in the storage); return the report.md paths."""
+    """Write the report of each named study (none named: every study in the storage); return the report.md paths.
+
+    A study whose stored name cannot be a folder (`..`, a path, control characters: another program
+    wrote it to a shared store) is skipped with a warning line, never used to build a path.
+    """
+    from attnbench.core.paths import check_study_name, check_writable, name_problem, study_dir
     from attnbench.store.storage import redact
     from attnbench.store.study import open_study, trial_rows
 
+    for name in names:
+        check_study_name("report", name)
     available = study_names(storage)
     if not available:
         raise ConfigError("storage", redact(storage), "a store with at least one study (run --grid first)")
     for name in names:
         if name not in available:
             raise ConfigError("report", name, "a study in the storage: " + ", ".join(available))
-    return [write_report(trial_rows(open_study(name, storage)), results_dir / name, name, redact(storage))
-            for name in (names or available)]
+    chosen = list(names) or available
+    for name in chosen:
+        if (problem := name_problem(name)) is not None:
+            print(f"warning: skipping study {name!r} in {redact(storage)}: its name cannot be a folder ({problem})",
+                  file=sys.stderr)
+    folders = {name: check_writable(study_dir(results_dir, name, "report"), "report")
+               for name in chosen if name_problem(name) is None}
+    return [write_report(trial_rows(open_study(name, storage)), folder, name, redact(storage))
+            for name, folder in folders.items()]

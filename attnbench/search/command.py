@@ -9,7 +9,8 @@ from attnbench.run.runner import options_for
 from attnbench.search.export import export_search, front_table
 from attnbench.search.loop import open_search_study, run_search
 from attnbench.search.setup import parse_search
-from attnbench.store.study import check_writable, default_storage
+from attnbench.core.paths import check_writable, study_dir
+from attnbench.store.study import default_storage
 
 
 def search_command(args: argparse.Namespace) -> None:
@@ -17,10 +18,10 @@ def search_command(args: argparse.Namespace) -> None:
     ablation = load_ablation(args.search)
     setup = parse_search(ablation)
     options = options_for(ablation, args.device)
-    check_writable(args.results)
+    out = check_writable(study_dir(check_writable(args.results), setup.study, "search.study"), "search.study")
     storage = args.storage or default_storage(args.results)
+    open_search_study(setup, storage)
     summary = run_search(setup, storage, options, trials=args.trials, progress=not args.quiet, workers=args.workers)
-    out = args.results / setup.study
     _, front = export_search(open_search_study(setup, storage), setup, out)
     if not args.quiet and not front.empty:
         print(front_table(front, setup).to_markdown(index=False))

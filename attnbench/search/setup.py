@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from attnbench.config.ablation import Ablation
+from attnbench.core.paths import check_study_name
 from attnbench.errors import ConfigError, check_keys
 from attnbench.config.settings import parse_measure
 from attnbench.search.objectives import METRICS, Metric, parse_budgets, parse_objectives
@@ -66,9 +67,7 @@ def parse_search(ablation: Ablation) -> SearchSetup:
         raise ConfigError("backbones", sorted({p.backbone for p in baselines}),
                           "exactly one backbone and one batch size for a search")
     base = Base(baselines[0].backbone, baselines[0].input_size, baselines[0].batch_size, baselines[0].num_classes)
-    study = section.get("study", f"{ablation.name}-search")
-    if not isinstance(study, str) or not study or not all(c.isalnum() or c in "-_." for c in study):
-        raise ConfigError("search.study", study, "a non-empty name of letters, digits, '-', '_' or '.'")
+    study = check_study_name("search.study", section.get("study", f"{ablation.name}-search"))
     objectives = parse_objectives(section.get("objectives", "accuracy" if ablation.train else "macs"))
     if any(m.needs_training for m in objectives) and not ablation.train:
         raise ConfigError("search.objectives", [m.name for m in objectives],

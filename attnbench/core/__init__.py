@@ -1,0 +1,1 @@
+"""The vocabulary every layer shares: errors and checks, names that become paths."""
