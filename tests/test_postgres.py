@@ -51,7 +51,7 @@ def test_unreachable_server_is_named_without_its_password() -> None:
     with pytest.raises(ConfigError) as error:
         open_storage("postgresql://bench:pa55word@127.0.0.1:1/optuna")
     message = str(error.value)
-    assert message.startswith("storage='postgresql://bench:***@127.0.0.1:1/optuna' is not allowed: a reachable storage; ")
+    assert message.startswith("storage='postgresql://***@127.0.0.1:1/optuna' is not allowed: a reachable storage; ")
     assert "connecting to 127.0.0.1:1 failed: " in message and "pa55word" not in message
 
 

@@ -13,10 +13,13 @@ next worker that looks, and a search queues it again with the same parameters.
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlsplit
 
 import optuna
@@ -33,16 +36,41 @@ SQL_SCHEMES = ("sqlite", "postgresql")
 SQLITE_BUSY_TIMEOUT_S = 60  # several processes take turns writing one SQLite file
 CONNECT_TIMEOUT_S = 10  # fail fast, with the host named, when a database server does not answer
 CREATE_ATTEMPTS = 3
+JOURNAL_RECHECK_S = 1.0  # a journal's last record may be half written by another worker: look again after this
+CUT_OFF = "is cut off (no newline at its end)"
 ALLOWED = "sqlite:///FILE, journal:FILE, or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
 
 
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*):\S*@")
+_SCHEME = re.compile(r"[A-Za-z][\w+.-]*://")
+# the host part after a URL's userinfo (a name or address, an optional port), then a path (strong evidence)
+# or the end of the URL (weaker: a password with a space could be mistaken for it, so a path wins)
+_HOST = r"@(?:\[[^\]\s]*\]|[\w.%-]+)(?::[^/?#\s@]*)?"
+_USERINFO_ENDS = (re.compile(_HOST + r"(?=[/?#])"), re.compile(_HOST + r"(?=[\s,;'\")]|$)"))
 _QUERY_SECRET = re.compile(r"(?P<head>[?&;](?:password|passwd|pwd|secret|token|api_?key)=)[^&;\s]*", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    """`text` with URL passwords (scheme://user:PASSWORD@host) and secret query parameters replaced by ***."""
-    return _QUERY_SECRET.sub(r"\g<head>***", _URL_PASSWORD.sub(r"\g<head>:***@", text))
+    """`text` with the whole userinfo of every URL (scheme://USER:PASSWORD@host) and secret query values as ***.
+
+    The userinfo ends at the first `@` followed by a host (and port) and a path, or failing that the
+    end of the URL: a password may hold raw `@`, `/`, `:` or spaces and is still hidden whole (at
+    worst a little more than the userinfo is hidden).
+    """
+    pieces, position = [], 0
+    for match in _SCHEME.finditer(text):
+        if match.start() < position:
+            continue  # inside a userinfo already hidden
+        if text.startswith("/", match.end()):
+            continue  # no authority (sqlite:///path)
+        line_end = text.find("\n", match.end())
+        end = len(text) if line_end < 0 else line_end
+        host = next((m for m in (p.search(text, match.end(), end) for p in _USERINFO_ENDS) if m), None)
+        if host is None:
+            continue
+        pieces += [text[position:match.end()], "***"]
+        position = host.start()
+    pieces.append(text[position:])
+    return _QUERY_SECRET.sub(r"\g<head>***", "".join(pieces))
 
 
 def retry_callback() -> RetryHeartbeatStaleTrialCallback:
@@ -67,9 +95,17 @@ def open_storage(url: str, *, retry_stale: bool = False) -> BaseStorage:
     """
     if url.startswith(JOURNAL_PREFIX):
         return _journal(url)
-    scheme = urlsplit(url).scheme.split("+", 1)[0]
+    parts = urlsplit(url)
+    scheme = parts.scheme.split("+", 1)[0]
     if scheme not in SQL_SCHEMES:
         raise ConfigError("storage", redact(url), ALLOWED)
+    try:
+        parts.port  # noqa: B018  (urlsplit checks the port only when it is read)
+    except ValueError:
+        raise ConfigError("storage", redact(url), "a URL whose port is a number in 1-65535") from None
+    if scheme == "sqlite" and _in_memory(url):
+        raise ConfigError("storage", redact(url), "a SQLite file, sqlite:///PATH: an in-memory database vanishes "
+                          "when the process ends, and other workers cannot see it")
     timeout = {"timeout": SQLITE_BUSY_TIMEOUT_S} if scheme == "sqlite" else {"connect_timeout": CONNECT_TIMEOUT_S}
     try:
         return _rdb(_with_driver(url), {"connect_args": timeout}, retry_stale)
@@ -79,6 +115,12 @@ def open_storage(url: str, *, retry_stale: bool = False) -> BaseStorage:
                           "for PostgreSQL: pip install -e \".[postgres]\")") from None
     except Exception as error:  # SQLAlchemy's OperationalError and friends: the driver's own words say why
         raise ConfigError("storage", redact(url), f"a reachable storage; {_where(url)} failed: {_reason(error, url)}") from None
+
+
+def _in_memory(url: str) -> bool:
+    """Whether a SQLite URL names an in-memory database (sqlite://, sqlite:///:memory:, mode=memory)."""
+    path = url.split("://", 1)[1].split("?", 1)[0]
+    return path in ("", "/") or path.removeprefix("/").startswith(":memory:") or "mode=memory" in url
 
 
 def _rdb(url: str, engine_kwargs: dict, retry_stale: bool) -> RDBStorage:
@@ -110,14 +152,65 @@ def _journal(url: str) -> JournalStorage:
     path = Path(url[len(JOURNAL_PREFIX):].removeprefix("//"))
     if not path.name:
         raise ConfigError("storage", url, "journal:FILE with a file name, e.g. journal:results/attnbench.journal")
+    _check_journal(url, path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     except OSError as error:
         raise ConfigError("storage", url, f"a journal file in a writable directory ({error.strerror or error})") from None
+    except Exception as error:  # records that parse but do not replay
+        raise ConfigError("storage", url, f"a journal file Optuna can replay ({type(error).__name__}: {error}); "
+                          "nothing was written to it") from None
+
+
+def _check_journal(url: str, path: Path) -> None:
+    """Refuse a journal with a record that is not whole JSON before Optuna opens it.
+
+    Optuna skips a broken last record and then appends after it, which leaves the broken record
+    in the middle of the file, where every later replay fails; so nothing may be written to it.
+    """
+    problem = _journal_problem(url, path)
+    if problem is not None and problem.endswith(CUT_OFF):
+        time.sleep(JOURNAL_RECHECK_S)  # another worker may be writing that record right now
+        problem = _journal_problem(url, path)
+    if problem is not None:
+        raise ConfigError("storage", url, f"a whole journal file: {problem}; the file is corrupt or truncated, so "
+                          "nothing was written to it (restore it or use another file)")
+
+
+def _journal_problem(url: str, path: Path) -> str | None:
+    """'line N is ...' for the first record that is not a whole journal record, or None."""
+    if not path.is_file():
+        return None
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as error:
+        raise ConfigError("storage", url, f"a readable journal file ({error.strerror or error})") from None
+    for number, line in enumerate(lines[:-1], start=1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or "op_code" not in record:
+            return f"line {number} is not a journal record"
+    return f"line {len(lines)} {CUT_OFF}" if lines[-1] else None
+
+
+@contextmanager
+def store_errors(url: str) -> Iterator[None]:
+    """Turn a store that fails to read or write (damaged, read-only, full) into one ConfigError naming it."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (sqlalchemy.exc.SQLAlchemyError, OSError, ValueError, KeyError) as error:
+        raise ConfigError("storage", redact(url), f"a store that can be read and written; {_where(url)} failed: "
+                          f"{_reason(error, url)}") from None
 
 
 def _where(url: str) -> str:
+    if url.startswith(JOURNAL_PREFIX):
+        return f"using the journal file {url.removeprefix(JOURNAL_PREFIX)}"
     parts = urlsplit(url)
     if parts.scheme.startswith("sqlite"):
         return f"opening {parts.path.removeprefix('/') or 'an in-memory database'}"
@@ -129,4 +222,4 @@ def _reason(error: BaseException, url: str) -> str:
     text = str(getattr(error, "orig", None) or error).strip().splitlines()
     reason = text[0] if text else type(error).__name__
     password = urlsplit(url).password
-    return reason.replace(password, "***") if password else reason
+    return redact(reason.replace(password, "***") if password else reason)

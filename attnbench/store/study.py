@@ -6,18 +6,21 @@ and who ran it (`owner`), so a killed run can be told apart from a running one.
 """
 from __future__ import annotations
 
-import os
-import socket
+import functools
+import json
+import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from attnbench.errors import ConfigError
 from attnbench.config.point import Point
-from attnbench.store.storage import ask, open_storage
+from attnbench.store.owners import OWNER, owner_record
+from attnbench.store.storage import ask, open_storage, store_errors
 
+OPENED = "last_opened"  # study attribute a writing run sets first: the proof that the store takes writes
 DEFAULT_RESULTS = Path("results")
 DEFAULT_DB = "attnbench.db"
 
@@ -27,66 +30,46 @@ def default_storage(results_dir: Path = DEFAULT_RESULTS) -> str:
     return f"sqlite:///{results_dir / DEFAULT_DB}"
 
 
-def check_writable(results_dir: Path) -> None:
-    """Fail early, with the path named, if results cannot be written."""
-    try:
-        results_dir.mkdir(parents=True, exist_ok=True)
-        probe = results_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise ConfigError("results", str(results_dir), f"a writable directory ({error.strerror or error})") from None
+def open_study(name: str, storage: str, *, for_writing: bool = False) -> optuna.Study:
+    """Create or load the study `name` in `storage` (quietly); see attnbench.store.storage for the URLs.
 
-
-def open_study(name: str, storage: str) -> optuna.Study:
-    """Create or load the study `name` in `storage` (quietly); see attnbench.store.storage for the URLs."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(study_name=name, storage=open_storage(storage), load_if_exists=True, direction="minimize")
-
-
-def _owner() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid()}
-
-
-def _owner_alive(owner: dict[str, Any] | None) -> bool:
-    """Whether the process that started a trial still runs; unknowable for other hosts (assumed alive)."""
-    if not owner or owner.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(owner["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def reap_interrupted(study: optuna.Study,
-                     on_reaped: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> int:
-    """Mark trials left RUNNING by a dead process on this host as FAIL (interrupted); return how many.
-
-    `on_reaped(study, trial)` gets each reaped trial as it was while running (a search queues it
-    again). When two workers reap the same trial, only the one whose update lands counts it.
+    `for_writing` proves, before anything is measured, that the store takes a write (a read-only
+    or full SQLite file fails here, as one ConfigError, not at the first finished point).
     """
-    reaped = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if _owner_alive(trial.user_attrs.get("owner")):
-            continue
-        try:
-            study._storage.set_trial_user_attr(trial._trial_id, "error", "interrupted: the process running it died")
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-        reaped += 1
-        if on_reaped is not None:
-            on_reaped(study, trial)
-    return reaped
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with store_errors(storage):
+        study = optuna.create_study(study_name=name, storage=open_storage(storage), load_if_exists=True,
+                                    direction="minimize")
+        if for_writing:
+            study.set_user_attr(OPENED, time.time())
+    return study
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _key_of_stored_point(point_json: str) -> str | None:
+    try:
+        return Point.from_dict(json.loads(point_json)).key
+    except (ConfigError, TypeError, KeyError, ValueError):  # a module or field this version does not know
+        return None
+
+
+def trial_point_key(trial: FrozenTrial | optuna.Trial) -> str | None:
+    """The key of the point a trial holds, derived from the stored point.
+
+    Keys of other key versions (attnbench.config.point.KEY_VERSION) are thereby migrated on read:
+    Optuna allows no change to a finished trial's attributes, and the stored point says everything.
+    The stored `point_key` serves where the point cannot be rebuilt.
+    """
+    attrs = trial.user_attrs
+    point = attrs.get("point")
+    derived = None if point is None else _key_of_stored_point(json.dumps(point, sort_keys=True))
+    return derived or attrs.get("point_key")
 
 
 def done_keys(study: optuna.Study) -> set[str]:
     """Keys of points with a completed trial."""
-    return {t.user_attrs["point_key"] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if "point_key" in t.user_attrs}
+    keys = {trial_point_key(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    return keys - {None}
 
 
 def start_trial(study: optuna.Study, point: Point) -> optuna.Trial:
@@ -98,8 +81,8 @@ def start_trial(study: optuna.Study, point: Point) -> optuna.Trial:
 
 
 def own_trial(trial: optuna.Trial) -> None:
-    """Record this process (host and pid) as the trial's owner, so its death can be noticed."""
-    trial.set_user_attr("owner", _owner())
+    """Record this process (host, pid, start time) as the trial's owner, so its death can be noticed."""
+    trial.set_user_attr(OWNER, owner_record())
 
 
 def attach_point(trial: optuna.Trial, point: Point) -> None:
@@ -128,7 +111,7 @@ def trial_rows(study: optuna.Study, states: Iterable[TrialState] = (TrialState.C
     for trial in sorted(study.get_trials(deepcopy=False, states=tuple(states)), key=lambda t: t.number):
         if "point" not in trial.user_attrs:
             continue
-        key = trial.user_attrs["point_key"]
+        key = trial_point_key(trial)
         if key in rows and rows[key]["state"] == "COMPLETE" and trial.state != TrialState.COMPLETE:
             continue
         rows[key] = {
