@@ -1,6 +1,7 @@
 """Typed points: one backbone x module x hyperparameters x placement x input, validated, with a stable hash."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -11,6 +12,7 @@ from attnbench.errors import ConfigError
 from attnbench.modules import get_module_entry
 
 DTYPES = ("fp32", "bf16", "fp16")
+KEY_VERSION = 2  # 1 hashed every field, defaults included, so a new hyperparameter changed every key
 
 
 def _canonical(value: Any) -> Any:
@@ -58,9 +60,33 @@ class Point:
 
     @property
     def key(self) -> str:
-        """Stable 16-hex hash of everything that defines the point."""
-        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Stable 16-hex hash of what sets the point apart from the defaults (see `key_fields`)."""
+        text = json.dumps(self.key_fields(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def key_fields(self) -> dict[str, Any]:
+        """The backbone, the module, and every value that differs from its default, with the key version.
+
+        A hyperparameter or axis added later with a default leaves every stored point's key as it was,
+        so nothing stored is measured again. Changing a default changes what a key means: bump KEY_VERSION.
+        """
+        data = self.to_dict()
+        module = get_module_entry(self.attention)
+        defaults = _canonical(module.schema.defaults())
+        fields: dict[str, Any] = {"key_version": KEY_VERSION, "backbone": self.backbone, "attention": self.attention}
+        changed = {k: v for k, v in data["hyperparameters"].items() if k not in defaults or defaults[k] != v}
+        if changed:
+            fields["hyperparameters"] = changed
+        entry = get_backbone_entry(self.backbone)
+        if self.stages != (entry.conv_stages if module.kind == "conv" else entry.default_stages):
+            fields["stages"] = data["stages"]
+        if self.position != entry.positions[0]:
+            fields["position"] = self.position
+        for axis in dataclasses.fields(self):
+            if axis.name not in fields and axis.name not in ("hyperparameters", "stages", "position") \
+                    and data[axis.name] != _canonical(axis.default):
+                fields[axis.name] = data[axis.name]
+        return fields
 
     def variant_label(self) -> str:
         """Module with its non-default hyperparameters and placement, e.g. `se(reduction=8)`."""

@@ -9,6 +9,7 @@ import pandas as pd
 
 from attnbench.search.objectives import Metric
 from attnbench.search.setup import SearchSetup
+from attnbench.store.study import trial_point_key
 
 
 def trials_frame(study: optuna.Study, setup: SearchSetup) -> pd.DataFrame:
@@ -20,7 +21,7 @@ def trials_frame(study: optuna.Study, setup: SearchSetup) -> pd.DataFrame:
         point = trial.user_attrs.get("point", {})
         row: dict[str, Any] = {
             "trial": trial.number, "state": trial.state.name, "label": trial.user_attrs.get("label", ""),
-            "point_key": trial.user_attrs.get("point_key", ""), "attention": point.get("attention", ""),
+            "point_key": trial_point_key(trial) or "", "attention": point.get("attention", ""),
             "hyperparameters": _text(point.get("hyperparameters", {})), "stages": _text(point.get("stages", [])),
             "position": point.get("position", ""),
         }
