@@ -13,6 +13,7 @@
         slots: true               # also time each module alone at every slot's shape
       memory: false               # peak memory of inference and of one training step
       oom_floor: 1                # halve the batch on OOM down to this, then record the point as OOM
+      oom_retry: true             # false: no halving, an OOM point fails at its own batch
     train:
       data: {dataset: digits, image_size: 32}    # attnbench.train.DataSpec fields
       seeds: [0, 1, 2]
@@ -25,11 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from attnbench.errors import ConfigError, check_keys
+from attnbench.hparams import as_float
 from attnbench.measure.latency import LatencyOptions
 from attnbench.train import DataSpec, TrainConfig
 
 LATENCY_KEYS = ("warmup", "repeats", "min_time_s", "threads", "compile", "compile_mode", "cuda_graphs", "cold_l2", "slots")
-MEASURE_KEYS = ("latency", "memory", "oom_floor")
+MEASURE_KEYS = ("latency", "memory", "oom_floor", "oom_retry")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,11 @@ class MeasureSettings:
     latency: LatencySettings | None = None
     memory: bool = False
     oom_floor: int = 1
+    oom_retry: bool = True  # false: an out-of-memory point fails at its own batch instead of being retried at half
+
+    def floor_for(self, batch_size: int) -> int:
+        """The smallest batch an out-of-memory retry may go down to for a point of `batch_size`."""
+        return min(self.oom_floor, batch_size) if self.oom_retry else batch_size
 
 
 @dataclass(frozen=True)
@@ -89,7 +96,10 @@ def parse_measure(section: dict[str, Any] | None) -> MeasureSettings:
     floor = section.get("oom_floor", 1)
     if isinstance(floor, bool) or not isinstance(floor, int) or floor < 1:
         raise ConfigError("measure.oom_floor", floor, "a positive integer")
-    return MeasureSettings(latency_settings, memory, floor)
+    retry = section.get("oom_retry", True)
+    if not isinstance(retry, bool):
+        raise ConfigError("measure.oom_retry", retry, "true (halve the batch on out-of-memory) or false (fail the point)")
+    return MeasureSettings(latency_settings, memory, floor, retry)
 
 
 def parse_train(section: dict[str, Any] | None) -> TrainSettings | None:
@@ -110,11 +120,21 @@ def parse_train(section: dict[str, Any] | None) -> TrainSettings | None:
     return TrainSettings(_construct(DataSpec, data, "train.data."), _construct(TrainConfig, section, "train."), tuple(seeds))
 
 
+def _numbers_read(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Real-number fields as people write them: YAML reads `lr: 1e-3` (no dot) as the string "1e-3"."""
+    numbers = {f.name for f in dataclasses.fields(cls) if "float" in str(f.type)}
+    read = dict(values)
+    for name in numbers & read.keys():
+        if isinstance(read[name], str) and (number := as_float(read[name])) is not None:
+            read[name] = number
+    return read
+
+
 def _construct(cls: type, values: dict[str, Any], prefix: str) -> Any:
     """Build a settings dataclass, naming unknown keys and invalid values under `prefix`."""
     names = [f.name for f in dataclasses.fields(cls)]
     check_keys(values, tuple(names), prefix)
     try:
-        return cls(**values)  # DataSpec and TrainConfig validate on construction
+        return cls(**_numbers_read(cls, values))  # DataSpec and TrainConfig validate on construction
     except ConfigError as error:
         raise error.under(prefix.rstrip(".")) from None

@@ -144,7 +144,7 @@ def _latency(model: nn.Module, point: Point, options: RunOptions, device: str, b
             _WARMED.add(latency_options)
         return measure_latency(model, sample, latency_options)
 
-    timing, batch = _with_memory(timed, point.batch_size, options.measure.oom_floor)
+    timing, batch = _with_memory(timed, point.batch_size, options.measure.floor_for(point.batch_size))
     result = timing.to_dict()
     row = {f"latency_{k}": result[k] for k in ("median_ms", "iqr_ms", "p10_ms", "p90_ms", "mean_ms", "std_ms", "samples")}
     row.update(throughput_ips=result["throughput_ips"], threads=result["threads"], batch_size_used=batch,
@@ -177,7 +177,7 @@ def _memory(model: nn.Module, point: Point, options: RunOptions, device: str) ->
     def measured(batch: int) -> MemoryResult:
         return measure_memory(model, point.input_shape[1:], device, point.dtype, batch, point.channels_last)
 
-    result, batch = _with_memory(measured, point.batch_size, options.measure.oom_floor)
+    result, batch = _with_memory(measured, point.batch_size, options.measure.floor_for(point.batch_size))
     return {f"memory_{k}": v for k, v in result.to_dict().items() if k not in ("device", "dtype")} | {
         "memory_batch_size_used": batch}
 

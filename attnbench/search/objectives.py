@@ -18,6 +18,7 @@ from typing import Any, Callable
 import optuna
 
 from attnbench.errors import ConfigError
+from attnbench.hparams import as_float
 
 
 @dataclass(frozen=True)
@@ -67,23 +68,11 @@ def parse_budgets(value: Any, key: str = "search.budgets") -> dict[str, float]:
         if metric is None or metric.direction != "minimize":
             raise ConfigError(f"{key}.{name}", bound, "budgets are upper bounds on: "
                               + ", ".join(m.name for m in METRICS.values() if m.direction == "minimize"))
-        number = _number(bound)
-        if number is None or not math.isfinite(number) or number <= 0:
+        number = as_float(bound)  # also from text: PyYAML reads 1.5e8 (no dot before the e) as a string
+        if number is None or number <= 0:
             raise ConfigError(f"{key}.{name}", bound, "a positive number")
         budgets[name] = number
     return budgets
-
-
-def _number(value: Any) -> float | None:
-    """A number, also from text: YAML 1.1 (PyYAML) reads 1.5e8, without a dot before the e, as a string."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        return float(value) if isinstance(value, str) else None
-    except ValueError:
-        return None
 
 
 def metric_value(metric: Metric, row: dict[str, Any]) -> float:
