@@ -9,8 +9,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from attnbench.errors import ConfigError
+from attnbench import build_model, measure_complexity
+from attnbench.backbones import attention_slots
 from attnbench.modules import build_module
-from attnbench.modules.dcn import TORCHVISION_DEFORM, DeformConv
+from attnbench.modules.dcn import TORCHVISION_DEFORM, DeformConv, dilation_shift
 from attnbench.modules.deform_sampling import deform_conv2d
 
 
@@ -23,11 +25,11 @@ def _interpolate(image: list[list[float]], py: float, px: float) -> float:
     )
 
 
-def _reference(x, offset, weight, stride, mask=None):
-    """y(p0) = sum_n w(pn) x(p0 + pn + dpn) dmn, looped over every output, channel and tap."""
+def _reference(x, offset, weight, stride, mask=None, dilation=1):
+    """y(p0) = sum_n w(pn) x(p0 + pn + dpn) dmn, looped over every output, channel and tap; pn = d * (a, b)."""
     n_batch, channels, height, width = x.shape
     out_channels, _, k, _ = weight.shape
-    pad = k // 2
+    pad = dilation * (k // 2)
     out_h, out_w = offset.shape[-2:]
     groups = offset.shape[1] // (2 * k * k)
     xs, offs, ws = x.tolist(), offset.tolist(), weight.tolist()
@@ -43,7 +45,8 @@ def _reference(x, offset, weight, stride, mask=None):
                     for t in range(k * k):
                         dy = offs[n][g * 2 * k * k + 2 * t][i][j]
                         dx = offs[n][g * 2 * k * k + 2 * t + 1][i][j]
-                        py, px = i * stride - pad + t // k + dy, j * stride - pad + t % k + dx
+                        py = i * stride - pad + dilation * (t // k) + dy
+                        px = j * stride - pad + dilation * (t % k) + dx
                         if py <= -1 or py >= height or px <= -1 or px >= width:
                             outside["all"] += 1
                         elif py < 0 or py > height - 1 or px < 0 or px > width - 1:
@@ -96,7 +99,7 @@ def test_module_follows_official_offset_and_mask_layout(modulated):
     x = torch.randn(1, 4, 5, 6, dtype=torch.float64)
     predicted = F.conv2d(x, module.conv_offset.weight, module.conv_offset.bias, stride=2, padding=1)
     mask = None
-    if modulated:  # official DCNv2: o1, o2, mask = chunk(out, 3); offset = cat(o1, o2); mask = sigmoid(mask)
+    if modulated:  # mmcv's DCNv2: o1, o2, mask = chunk(out, 3); offset = cat(o1, o2); mask = sigmoid(mask)
         o1, o2, logits = torch.chunk(predicted, 3, dim=1)
         predicted, mask = torch.cat((o1, o2), dim=1), logits.sigmoid()
     expected, _ = _reference(x, predicted, module.weight.detach(), 2, mask)
@@ -109,7 +112,7 @@ def test_fresh_module_is_plain_conv_times_initial_mask(k, groups, stride, modula
     torch.manual_seed(0)
     module = DeformConv(8, 6, stride=stride, kernel_size=k, deformable_groups=groups, modulated=modulated, backend="torch")
     x = torch.randn(2, 8, 9, 7)
-    # DCNv2 paper and official code: zero-initialised offset conv, so offsets 0 and mask sigmoid(0) = 0.5
+    # DCNv2 paper and mmcv: zero-initialised offset conv, so offsets 0 and mask sigmoid(0) = 0.5
     expected = scale * F.conv2d(x, module.weight, stride=stride, padding=k // 2)
     torch.testing.assert_close(module(x), expected, atol=1e-5, rtol=1e-5)
 
@@ -163,7 +166,8 @@ def test_parameter_counts(cin, cout, k, groups, modulated):
 
 
 def test_dcnv2_64_channel_figures():
-    # official DCN(64, 64, 3, 1, 1): weight 3*3*64*64, conv_offset_mask 27 x 64 x 3 x 3 plus 27 biases
+    # mmcv's DCNv2(64, 64, 3, 1, 1), and MSRA's example symbol (a 27-filter offset conv with bias):
+    # weight 3*3*64*64, conv_offset 27 x 64 x 3 x 3 plus 27 biases
     assert sum(p.numel() for p in build_module("dcn", 64).overhead_parameters()) == 15_579
     assert build_module("dcn", 64).weight.numel() == 36_864
     assert sum(p.numel() for p in build_module("dcn", 64, modulated=False).overhead_parameters()) == 10_386
@@ -229,18 +233,19 @@ def test_torchvision_backend_refused_without_torchvision():
     assert not DeformConv(8).uses_torchvision()
 
 
-def _perturbed_pair(modulated: bool):
+def _perturbed_pair(modulated: bool, dilation: int = 1):
     torch.manual_seed(0)
-    module = DeformConv(8, 6, stride=2, deformable_groups=2, modulated=modulated, backend="torch")
+    module = DeformConv(8, 6, stride=2, deformable_groups=2, modulated=modulated, dilation=dilation, backend="torch")
     nn.init.normal_(module.conv_offset.weight, std=0.3)
     nn.init.normal_(module.conv_offset.bias, std=1.0)
     return module.double(), torch.randn(2, 8, 11, 9, dtype=torch.float64)
 
 
 @pytest.mark.skipif(not TORCHVISION_DEFORM, reason="torchvision does not import")
+@pytest.mark.parametrize("dilation", [1, 2])
 @pytest.mark.parametrize("modulated", [False, True])
-def test_pure_path_matches_torchvision(modulated):
-    module, x = _perturbed_pair(modulated)
+def test_pure_path_matches_torchvision(modulated, dilation):
+    module, x = _perturbed_pair(modulated, dilation)
     pure = module(x)
     module.backend = "torchvision"
     assert module.uses_torchvision()
@@ -267,3 +272,88 @@ def test_offsets_shift_sampling_by_whole_pixels():
     # y[i, j] = sum_ab w[a, b] x[i - 1 + a + 1, j - 1 + b - 1]: a valid conv over x padded 2 left, 2 below
     expected = F.conv2d(F.pad(x, (2, 0, 0, 2)), module.weight)
     torch.testing.assert_close(module(x), expected, atol=1e-5, rtol=1e-5)
+
+
+DILATED = [(2, 3, 1, 1), (2, 3, 2, 2), (3, 3, 2, 1)]  # (dilation, kernel, groups, stride)
+
+
+@pytest.mark.parametrize("dilation,k,groups,stride", DILATED)
+@pytest.mark.parametrize("modulated,mask", [(False, "sigmoid"), (True, "sigmoid"), (True, "2sigmoid")])
+def test_dilated_module_matches_formula(dilation, k, groups, stride, modulated, mask):
+    # the offset-shift route to dilation in the pure path, against the formula with pn = d * (a, b)
+    torch.manual_seed(0)
+    module = DeformConv(
+        4, 3, stride=stride, kernel_size=k, deformable_groups=groups, modulated=modulated, mask=mask,
+        dilation=dilation, backend="torch",
+    ).double()
+    nn.init.normal_(module.conv_offset.weight, std=0.5)
+    nn.init.normal_(module.conv_offset.bias, std=0.5)
+    x = torch.randn(1, 4, 7, 6, dtype=torch.float64)
+    pad = dilation * (k // 2)
+    predicted = F.conv2d(x, module.conv_offset.weight, module.conv_offset.bias, stride=stride, padding=pad, dilation=dilation)
+    expected_mask = None
+    if modulated:
+        taps = groups * k * k
+        predicted, logits = predicted[:, : 2 * taps], predicted[:, 2 * taps :]
+        expected_mask = logits.sigmoid() * (2 if mask == "2sigmoid" else 1)
+    expected, outside = _reference(x, predicted, module.weight.detach(), stride, expected_mask, dilation)
+    assert outside["all"] > 0 and outside["partly"] > 0
+    assert module(x).shape == F.conv2d(x, module.weight, stride=stride, padding=pad, dilation=dilation).shape
+    torch.testing.assert_close(module(x), expected, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dilation", [1, 2, 3])
+@pytest.mark.parametrize("modulated,mask,scale", [(False, "sigmoid", 1.0), (True, "sigmoid", 0.5), (True, "2sigmoid", 1.0)])
+def test_fresh_module_is_dilated_conv_times_initial_mask(dilation, modulated, mask, scale):
+    # mmcv (and the DCNv2 paper): mask sigmoid(0) = 0.5; MSRA's DCNv2 example_symbol.py: 2 * sigmoid(0) = 1
+    torch.manual_seed(0)
+    module = DeformConv(8, 6, stride=2, deformable_groups=2, modulated=modulated, mask=mask, dilation=dilation, backend="torch")
+    x = torch.randn(2, 8, 9, 7)
+    expected = scale * F.conv2d(x, module.weight, stride=2, padding=dilation, dilation=dilation)
+    torch.testing.assert_close(module(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_mask_and_dilation_hyperparameters():
+    module = build_module("dcn", 16)
+    assert (module.mask, module.dilation, module.padding) == ("sigmoid", 1, 1)  # today's behaviour stays the default
+    module = build_module("dcn", 16, mask="2sigmoid", dilation=2, kernel_size=5)
+    assert (module.mask, module.dilation, module.padding) == ("2sigmoid", 2, 4)
+    assert (module.conv_offset.dilation, module.conv_offset.padding) == ((2, 2), (4, 4))  # as mmcv's conv_offset
+    assert "tap_shift" not in module.state_dict()  # derived from the hyperparameters, not a weight
+    for key, value in [("mask", "tanh"), ("dilation", 0), ("dilation", 2.0)]:
+        with pytest.raises(ConfigError) as err:
+            build_module("dcn", 16, **{key: value})
+        assert (err.value.key, err.value.value) == (key, value)
+
+
+def test_dilation_shift_moves_taps_to_the_dilated_grid():
+    shift = dilation_shift(3, 2, 1).flatten().view(9, 2)
+    # tap (a, b) moves by (d - 1) * ((a, b) - 1): corners by one pixel outwards, the centre not at all
+    assert shift[0].tolist() == [-1.0, -1.0] and shift[4].tolist() == [0.0, 0.0] and shift[8].tolist() == [1.0, 1.0]
+    assert shift[2].tolist() == [-1.0, 1.0] and shift[7].tolist() == [1.0, 0.0]
+    assert dilation_shift(3, 2, 4).shape == (72, 1, 1) and not dilation_shift(5, 1, 2).any()
+
+
+def test_dilated_pure_path_counts_the_dense_macs():
+    shape = (1, 8, 9, 9)
+    plain = measure_complexity(DeformConv(8, 6, deformable_groups=2, backend="torch"), shape)
+    dilated = measure_complexity(DeformConv(8, 6, deformable_groups=2, dilation=2, backend="torch"), shape)
+    assert dilated.macs == plain.macs and dilated.uncounted_ops == [] and dilated.cross_check_rel_diff == 0
+    # the shift of the offset map is the one element-wise op dilation adds to the pure path
+    assert dilated.elementwise_flops - plain.elementwise_flops == 2 * 2 * 9 * 9 * 9
+
+
+def test_msra_dcnv1_resnet101_layout():
+    # msracver/Deformable-ConvNets rfcn/symbols/resnet_v1_101_rfcn_dcn.py (and faster_rcnn's): res5a-c branch2b are
+    # DeformableConvolution(num_filter=512, kernel 3, pad 2, dilate 2, num_deformable_group=4, no_bias), each fed by a
+    # Convolution(num_filter=72, kernel 3, pad 2, dilate 2) with bias, zero-initialised; nothing deformable elsewhere
+    model = build_model("resnet101", "dcn", stages=[5], modulated=False, deformable_groups=4, dilation=2)
+    deformable = {n: m for n, m in attention_slots(model).items() if isinstance(m, DeformConv)}
+    assert list(deformable) == ["layer4.0.conv2", "layer4.1.conv2", "layer4.2.conv2"]
+    for module in deformable.values():
+        assert (module.in_channels, module.out_channels, module.dilation, module.padding) == (512, 512, 2, 2)
+        assert module.conv_offset.out_channels == 72 and module.conv_offset.dilation == (2, 2)
+        assert sum(p.numel() for p in module.overhead_parameters()) == 72 * 512 * 9 + 72
+        assert not module.conv_offset.weight.any() and not module.conv_offset.bias.any()
+    # MSRA's res5 runs at stride 1 (output stride 16); this torchvision-layout ResNet keeps stride 2 there
+    assert deformable["layer4.0.conv2"].stride == 2
