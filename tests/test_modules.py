@@ -56,6 +56,44 @@ def test_se_hard_sigmoid_gate_and_no_bias() -> None:
     assert n_params(se) == 2 * 32 * 4
 
 
+# timm's seresnet18 (timm.create_model, huggingface/pytorch-image-models at aa4b5850, run in scratch):
+# SEModule(C) hidden widths per stage and the parameter counts of its SE modules
+TIMM_SERESNET18_SE = {64: (8, 1096), 128: (8, 2184), 256: (16, 8464), 512: (32, 33312)}
+
+
+@pytest.mark.parametrize("channels", sorted(TIMM_SERESNET18_SE))
+def test_se_divisor_rounds_like_timm(channels: int) -> None:
+    hidden, params = TIMM_SERESNET18_SE[channels]
+    se = build_module("se", channels, divisor=8).eval()
+    assert se.reduce.out_channels == hidden and n_params(se) == params
+    assert build_module("se", channels).reduce.out_channels == channels // 16  # the paper's C // r stays the default
+    x = torch.randn(2, channels, 3, 4)
+    w1, b1 = se.reduce.weight.flatten(1), se.reduce.bias
+    w2, b2 = se.expand.weight.flatten(1), se.expand.bias
+    excitation = torch.sigmoid(torch.relu(x.mean(dim=(2, 3)) @ w1.T + b1) @ w2.T + b2)
+    torch.testing.assert_close(se(x), x * excitation[:, :, None, None])
+
+
+def test_timm_seresnet18_can_be_built() -> None:
+    from attnbench import build_model
+
+    # timm.create_model("seresnet18"): 11,779,624 parameters (its outputs equal this model's after mapping the weights)
+    assert n_params(build_model("resnet18", "se", divisor=8)) == 11_779_624
+    assert n_params(build_model("resnet18", "se")) == 11_779_624 - 2 * (64 * 4 + 4 + 64 * 4)  # stage 2: 4, not 8
+
+
+@pytest.mark.parametrize("round_limit,hidden", [(0.0, 16), (0.9, 24)])
+def test_se_round_limit_is_the_ten_percent_rule(round_limit: float, hidden: int) -> None:
+    # 72 / 4 = 18 rounds to 16; timm's mobilenetv3_large_100 (round_limit 0.9) takes 24 for its first SE on 72 channels
+    assert build_module("se", 72, reduction=4, divisor=8, round_limit=round_limit).reduce.out_channels == hidden
+
+
+def test_se_divisor_keeps_small_maps_buildable() -> None:
+    with pytest.raises(ConfigError):
+        build_module("se", 8, reduction=16)
+    assert build_module("se", 8, reduction=16, divisor=8).reduce.out_channels == 8  # at least one divisor
+
+
 def _cbam_reference(cbam: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     mlp = cbam.channel_gate.mlp
     def shared(v: torch.Tensor) -> torch.Tensor:
@@ -211,6 +249,8 @@ def test_msca_scale_subsets() -> None:
     ("nope", 8, {}, "attention"),
     ("se", 8, {"ratio": 4}, "ratio"),
     ("se", 8, {"reduction": 16}, "reduction"),
+    ("se", 8, {"divisor": 0}, "divisor"),
+    ("se", 8, {"divisor": 8, "round_limit": 1.5}, "round_limit"),
     ("cbam", 32, {"spatial_kernel": 4}, "spatial_kernel"),
     ("cbam", 32, {"pool_types": ["avg", "median"]}, "pool_types"),
     ("eca", 32, {"kernel_size": 2}, "kernel_size"),
