@@ -14,10 +14,16 @@ from attnbench.errors import ConfigError
 
 @dataclass(frozen=True)
 class HParam:
-    """Base class: a named hyperparameter with a default and a description."""
+    """Base class: a named hyperparameter with a default and a description.
+
+    `per_stage` lets a scalar hyperparameter take one value per chosen stage (a list, in stage order,
+    as ECA's released models set one kernel per stage); `presets` names such lists (ECA's `k3557`).
+    """
 
     default: Any
     help: str = ""
+    per_stage: bool = False
+    presets: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
     def validate(self, key: str, value: Any) -> Any:
         """Return the value in canonical form or raise ConfigError."""
@@ -26,6 +32,31 @@ class HParam:
     def allowed(self) -> str:
         """Human-readable description of the valid values."""
         raise NotImplementedError
+
+    def resolve(self, key: str, value: Any) -> Any:
+        """`validate`, also taking a per-stage list (a tuple of values comes back) or a preset's name."""
+        presets = dict(self.presets)
+        if self.per_stage and isinstance(value, str) and value in presets:
+            value = presets[value]
+        if self.per_stage and isinstance(value, (list, tuple)):
+            if not value:
+                raise ConfigError(key, value, self.described())
+            return tuple(self.validate(f"{key}[{i}]", item) for i, item in enumerate(value))
+        try:
+            return self.validate(key, value)
+        except ConfigError:
+            if not self.per_stage:
+                raise
+            raise ConfigError(key, value, self.described()) from None
+
+    def described(self) -> str:
+        """`allowed()`, with the per-stage form and the presets where the hyperparameter has them."""
+        text = self.allowed()
+        if self.per_stage:
+            text += ", or a list of such values, one per chosen stage"
+            if self.presets:
+                text += "; or a preset: " + ", ".join(f"{name} = {list(values)}" for name, values in self.presets)
+        return text
 
 
 @dataclass(frozen=True)
@@ -175,11 +206,5 @@ class Schema:
             raise ConfigError(f"{prefix}{name}", values[name], f"not a hyperparameter here; allowed: {allowed}")
         resolved = self.defaults()
         for name, value in values.items():
-            resolved[name] = self.params[name].validate(f"{prefix}{name}", value)
+            resolved[name] = self.params[name].resolve(f"{prefix}{name}", value)
         return resolved
-
-
-def adaptive_eca_kernel(channels: int, gamma: float = 2.0, b: float = 1.0) -> int:
-    """ECA-Net eq. (12): k = |log2(C)/gamma + b/gamma| rounded to the nearest odd number (official code: int, then +1 if even)."""
-    t = int(abs((math.log2(channels) + b) / gamma))
-    return t if t % 2 else t + 1

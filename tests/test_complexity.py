@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from attnbench.backbones.registry import SLOT_FLAG, attention_slots
+from attnbench.modules.slots import SLOT_FLAG, attention_slots
 from attnbench.errors import ConfigError
 from attnbench.measure import ComplexityResult, complexity, measure_complexity
 from attnbench.modules import build_module

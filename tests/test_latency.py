@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from attnbench.backbones import build_model
-from attnbench.backbones.registry import SlotPlan
+from attnbench.modules.slots import Site, SlotPlan
 from attnbench.errors import ConfigError
 from attnbench.measure import slot_shapes
 from attnbench.measure.latency import LatencyOptions, measure_latency, random_input
@@ -206,10 +206,10 @@ class TwoStage(nn.Module):
         super().__init__()
         plan = SlotPlan("se", {"reduction": 4}, stages=(1, 2))
         self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
-        self.a, self.b = plan.gate(8, 1), plan.gate(8, 1)
+        self.a, self.b = plan.gate(Site("gate", 1, 0, "standard", 8)), plan.gate(Site("gate", 1, 0, "standard", 8))
         self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1)
-        self.c = plan.gate(16, 2)
-        self.unused = plan.gate(16, 2)
+        self.c = plan.gate(Site("gate", 2, 0, "standard", 16))
+        self.unused = plan.gate(Site("gate", 2, 0, "standard", 16))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c(self.down(self.b(self.a(self.stem(x)))))
@@ -241,10 +241,10 @@ def test_measure_slots_times_each_distinct_slot_once(monkeypatch: pytest.MonkeyP
 
 
 def test_signature_tells_configurations_apart() -> None:
-    sigmoid = SlotPlan("se", {"reduction": 4}, stages=(1,)).gate(16, 1)
-    same = SlotPlan("se", {"reduction": 4}, stages=(1,)).gate(16, 1)
-    hard = SlotPlan("se", {"reduction": 4, "gate": "hard_sigmoid"}, stages=(1,)).gate(16, 1)
-    wider = SlotPlan("se", {"reduction": 2}, stages=(1,)).gate(16, 1)
+    sigmoid = SlotPlan("se", {"reduction": 4}, stages=(1,)).gate(Site("gate", 1, 0, "standard", 16))
+    same = SlotPlan("se", {"reduction": 4}, stages=(1,)).gate(Site("gate", 1, 0, "standard", 16))
+    hard = SlotPlan("se", {"reduction": 4, "gate": "hard_sigmoid"}, stages=(1,)).gate(Site("gate", 1, 0, "standard", 16))
+    wider = SlotPlan("se", {"reduction": 2}, stages=(1,)).gate(Site("gate", 1, 0, "standard", 16))
     assert module_signature(sigmoid) == module_signature(same)
     assert module_signature(sigmoid) != module_signature(hard)  # differs only in a plain attribute
     assert module_signature(sigmoid) != module_signature(wider)

@@ -11,7 +11,8 @@ from torch import nn
 import attnbench.backbones.mscan  # noqa: F401  (registration)
 import attnbench.backbones.van  # noqa: F401  (registration)
 from attnbench.backbones.mscan import MSCAN_CONFIGS, StemConv
-from attnbench.backbones.registry import attention_slots, build_model, get_backbone_entry
+from attnbench.backbones.registry import build_model, get_backbone_entry, probe_sites
+from attnbench.modules.slots import attention_slots
 from attnbench.backbones.van import VAN_CONFIGS, StageConfig
 from attnbench.modules.identity import NoAttention
 from attnbench.modules.lka import LKA
@@ -197,7 +198,8 @@ def test_van_stages_choose_where_the_mixer_goes() -> None:
 def test_van_entries_declare_their_slots() -> None:
     entry = get_backbone_entry("van_b2")
     assert entry.accepts == ("gate",) and entry.positions == ("mixer",)
-    assert [entry.stage_channels(s, "mixer") for s in entry.stages] == [(64,), (128,), (320,), (512,)]
+    sites = probe_sites("van_b2", "mixer").sites
+    assert [tuple(sorted({x.channels for x in sites if x.stage == s})) for s in entry.stages] == [(64,), (128,), (320,), (512,)]
 
 
 # --- MSCAN --------------------------------------------------------------------------------

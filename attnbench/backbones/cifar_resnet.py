@@ -15,8 +15,9 @@ from functools import partial
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from attnbench.backbones.registry import BackboneEntry, SlotPlan, register_backbone
-from attnbench.backbones.resnet import POSITIONS, BasicBlock, init_like_torchvision
+from attnbench.backbones.registry import BackboneEntry, register_backbone
+from attnbench.backbones.resnet import POSITIONS, BasicBlock, Layout, Where, init_like_torchvision
+from attnbench.modules.slots import Planner
 
 STAGES = (1, 2, 3)
 WIDTHS = (16, 32, 64)
@@ -39,7 +40,7 @@ class ZeroPadShortcut(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32x32 inputs with slots in every block."""
 
-    def __init__(self, blocks_per_stage: int, plan: SlotPlan, num_classes: int) -> None:
+    def __init__(self, blocks_per_stage: int, plan: Planner, num_classes: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, WIDTHS[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(WIDTHS[0])
@@ -49,7 +50,7 @@ class CifarResNet(nn.Module):
             blocks = []
             for i in range(blocks_per_stage):
                 stride = 2 if index > 0 and i == 0 else 1
-                block = BasicBlock(in_channels, width, stride, stage, plan)
+                block = BasicBlock(in_channels, width, stride, Where(stage, i, blocks_per_stage), plan, Layout())
                 if block.downsample is not None:
                     block.downsample = ZeroPadShortcut(in_channels, width, stride)
                 blocks.append(block)
@@ -65,15 +66,7 @@ class CifarResNet(nn.Module):
         return self.fc(self.avgpool(x).flatten(1))
 
 
-def _stage_channels(blocks_per_stage: int, stage: int, position: str) -> tuple[int, ...]:
-    """Channels the slots of `stage` see; `pre` sees the first block's input too."""
-    index = STAGES.index(stage)
-    if position != "pre" or index == 0:
-        return (WIDTHS[index],)
-    return (WIDTHS[index - 1], WIDTHS[index]) if blocks_per_stage > 1 else (WIDTHS[index - 1],)
-
-
-def _build(blocks_per_stage: int, plan: SlotPlan, num_classes: int) -> CifarResNet:
+def _build(blocks_per_stage: int, plan: Planner, num_classes: int) -> CifarResNet:
     return CifarResNet(blocks_per_stage, plan, num_classes)
 
 
@@ -85,8 +78,8 @@ for _depth, _n in DEPTHS.items():
         default_stages=STAGES,
         conv_stages=(2, 3),
         positions=POSITIONS,
-        stage_channels=partial(_stage_channels, _n),
         min_input=4,
         family="cifar_resnet",
         paper="Deep Residual Learning, arXiv 1512.03385, section 4.2 (CIFAR-10 ResNets, option A shortcuts)",
+        default_input=32,
     ))

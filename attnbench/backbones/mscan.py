@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from attnbench.backbones.registry import SlotPlan
 from attnbench.backbones.van import StageConfig, VisualAttentionNetwork, register_family
+from attnbench.modules.slots import Planner
 
 # Official SegNeXt backbone settings (local_configs: the shared mscan.py base and each size's
 # override). Drop-path rates are those configs' (0.1, 0.1, 0.1, 0.3); the stage LayerNorms use
@@ -42,7 +42,7 @@ class StemConv(nn.Sequential):
         )
 
 
-def build_mscan(config: StageConfig, plan: SlotPlan, num_classes: int) -> VisualAttentionNetwork:
+def build_mscan(config: StageConfig, plan: Planner, num_classes: int) -> VisualAttentionNetwork:
     """An MSCAN with the plan's module in the spatial-mixer slot of each block."""
     return VisualAttentionNetwork(config, plan, num_classes, stem=StemConv)
 

@@ -1,4 +1,4 @@
-"""ResNet-18/34/50/101/152 with torchvision's layout and initialisation, and CIFAR-style variants.
+"""ResNets with slots: torchvision's layout and initialisation, and the layouts the attention papers used.
 
 Stages are numbered as in the ResNet paper: conv2_x ... conv5_x are stages 2..5
 (torchvision's layer1..layer4), so DCNv2's "conv3-conv5" convention is stages 3, 4, 5.
@@ -6,9 +6,14 @@ Stages are numbered as in the ResNet paper: conv2_x ... conv5_x are stages 2..5
 A gating module sits in one of the SE paper's integration positions (Table 14):
 - standard: after the block's last BN, before the residual addition (SE and CBAM papers);
 - pre: on the block input, before the residual unit;
-- post: after the addition and the final ReLU;
+- post: after the addition and the final ReLU (between blocks: BAM and non-local sit here);
 - identity: on the identity branch, in parallel with the residual unit.
-A conv-replacing module (dcn) takes the place of each 3x3 conv of the chosen stages.
+A conv-replacing module (dcn, sk, splat, mhsa) takes the place of each 3x3 conv of the chosen
+stages; one that brings its own BN and activation (sk, splat) replaces those too.
+
+Layouts (`Layout`): torchvision's ("v1.5": the stride on the 3x3 conv); Caffe's, which the SE
+and CBAM papers' GFLOPs are for (stride on the first 1x1, max pool without padding in ceil mode);
+ResNet-D's deep stem and average-pool shortcuts (ResNeSt's base); ResNeXt's grouped widths.
 """
 from __future__ import annotations
 
@@ -17,15 +22,56 @@ from functools import partial
 
 from torch import Tensor, nn
 
-from attnbench.backbones.registry import SLOT_FLAG, BackboneEntry, SlotPlan, register_backbone
+from attnbench.backbones.registry import BackboneEntry, register_backbone
+from attnbench.modules.slots import SLOT_FLAG, Planner, Site
 
 POSITIONS = ("standard", "pre", "post", "identity")
 STAGES = (2, 3, 4, 5)
 STAGE_WIDTHS = (64, 128, 256, 512)
+STEMS = ("single", "deep", "cifar")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a ResNet's stem, pooling, strides, shortcuts and block widths are laid out."""
+
+    stem: str = "single"  # single: 7x7 stride 2 (torchvision); deep: three 3x3 (ResNet-D); cifar: one 3x3, no pool
+    caffe_pool: bool = False  # max pool without padding, in ceil mode (Caffe), instead of padding 1
+    stride_in_1x1: bool = False  # Caffe's bottleneck: the stride on the first 1x1 conv, not on the 3x3
+    avg_down: bool = False  # ResNet-D shortcut: average pool, then a stride-1 1x1 conv
+    groups: int = 1  # ResNeXt cardinality of the 3x3 conv
+    width_per_group: int = 64  # ResNeXt bottleneck width per group
+    stem_width: int = 32  # deep stem: width of its first two convs
 
 
 def _conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+
+
+def _conv3x3(in_channels: int, out_channels: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, groups=groups, bias=False)
+
+
+def shortcut(in_channels: int, out_channels: int, stride: int, layout: Layout) -> nn.Module:
+    """The projection shortcut: a strided 1x1 conv and BN, or (ResNet-D) an average pool then a 1x1 conv and BN."""
+    if not layout.avg_down:
+        return nn.Sequential(_conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
+    # the official ResNeSt keeps a 1x1 pool where the stride is 1 (it does nothing, as its counts show)
+    pool = nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)
+    return nn.Sequential(pool, _conv1x1(in_channels, out_channels), nn.BatchNorm2d(out_channels))
+
+
+@dataclass(frozen=True)
+class Where:
+    """A block's place: its stage, its index in the stage and the stage's number of blocks."""
+
+    stage: int
+    block: int
+    blocks: int
+
+    def site(self, kind: str, position: str, channels: int, **conv: int) -> Site:
+        """The site at `position` of this block."""
+        return Site(kind, self.stage, self.block, position, channels, blocks=self.blocks, **conv)  # type: ignore[arg-type]
 
 
 class _Block(nn.Module):
@@ -33,35 +79,40 @@ class _Block(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_channels: int, planes: int, stride: int, stage: int, plan: SlotPlan) -> None:
+    def __init__(self, in_channels: int, planes: int, stride: int, where: Where, plan: Planner, layout: Layout) -> None:
         super().__init__()
         out_channels = planes * self.expansion
         self.position = plan.position
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(_conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
+            self.downsample = shortcut(in_channels, out_channels, stride, layout)
         self.relu = nn.ReLU(inplace=True)
-        self.attention = plan.gate(in_channels if plan.position == "pre" else out_channels, stage)
+        channels = in_channels if plan.position == "pre" else out_channels
+        self.attention = plan.gate(where.site("gate", plan.position, channels))
 
     def residual(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
         if self.position == "pre":
-            x_in = self.attention(x)
-            out = self.residual(x_in)
-            identity = x
+            out = self.residual(self.attention(x))
         else:
             out = self.residual(x)
-            identity = x
             if self.position == "standard":
                 out = self.attention(out)
-        if self.downsample is not None:
-            identity = self.downsample(identity)
+        identity = x if self.downsample is None else self.downsample(x)
         if self.position == "identity":
             identity = self.attention(identity)
         out = self.relu(out + identity)
         return self.attention(out) if self.position == "post" else out
+
+
+def _replaceable_conv(plan: Planner, where: Where, name: str, in_channels: int, out_channels: int, stride: int,
+                      groups: int = 1) -> tuple[nn.Module, bool]:
+    """The 3x3 conv at this site (or the module replacing it), and whether that module brings its own BN and ReLU."""
+    site = where.site("conv", name, in_channels, out_channels=out_channels, stride=stride, groups=groups)
+    module = plan.conv(site, lambda: _conv3x3(in_channels, out_channels, stride, groups))
+    return module, plan.brings_norm(site)
 
 
 class BasicBlock(_Block):
@@ -69,49 +120,65 @@ class BasicBlock(_Block):
 
     expansion = 1
 
-    def __init__(self, in_channels: int, planes: int, stride: int, stage: int, plan: SlotPlan) -> None:
-        super().__init__(in_channels, planes, stride, stage, plan)
-        self.conv1 = plan.conv3x3(in_channels, planes, stride, stage)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = plan.conv3x3(planes, planes, 1, stage)
-        self.bn2 = nn.BatchNorm2d(planes)
+    def __init__(self, in_channels: int, planes: int, stride: int, where: Where, plan: Planner, layout: Layout) -> None:
+        super().__init__(in_channels, planes, stride, where, plan, layout)
+        self.conv1, own1 = _replaceable_conv(plan, where, "conv1", in_channels, planes, stride)
+        self.bn1: nn.Module = nn.Identity() if own1 else nn.BatchNorm2d(planes)
+        self.act1: nn.Module = nn.Identity() if own1 else self.relu
+        self.conv2, own2 = _replaceable_conv(plan, where, "conv2", planes, planes, 1)
+        self.bn2: nn.Module = nn.Identity() if own2 else nn.BatchNorm2d(planes)
 
     def residual(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.act1(self.bn1(self.conv1(x)))
         return self.bn2(self.conv2(out))
 
 
 class Bottleneck(_Block):
-    """1x1 reduce, 3x3 (stride here: torchvision's "v1.5"), 1x1 expand (ResNet-50/101/152)."""
+    """1x1 reduce, 3x3, 1x1 expand (ResNet-50/101/152); the stride on the 3x3 (torchvision) or the first 1x1 (Caffe)."""
 
     expansion = 4
 
-    def __init__(self, in_channels: int, planes: int, stride: int, stage: int, plan: SlotPlan) -> None:
-        super().__init__(in_channels, planes, stride, stage, plan)
-        self.conv1 = _conv1x1(in_channels, planes)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = plan.conv3x3(planes, planes, stride, stage)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = _conv1x1(planes, planes * self.expansion)
+    def __init__(self, in_channels: int, planes: int, stride: int, where: Where, plan: Planner, layout: Layout) -> None:
+        super().__init__(in_channels, planes, stride, where, plan, layout)
+        width = planes * layout.width_per_group // 64 * layout.groups
+        first, middle = (stride, 1) if layout.stride_in_1x1 else (1, stride)
+        self.conv1 = _conv1x1(in_channels, width, first)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2, own = _replaceable_conv(plan, where, "conv2", width, width, middle, layout.groups)
+        self.bn2: nn.Module = nn.Identity() if own else nn.BatchNorm2d(width)
+        self.act2: nn.Module = nn.Identity() if own else self.relu
+        self.conv3 = _conv1x1(width, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
 
     def residual(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.act2(self.bn2(self.conv2(out)))
         return self.bn3(self.conv3(out))
 
 
-class ResNet(nn.Module):
-    """torchvision's ResNet, with slots; `cifar=True` swaps the stem for a 3x3 stride-1 conv without max-pool."""
+def stem(layout: Layout) -> tuple[nn.Module, nn.Module]:
+    """(conv1, maxpool) of the layout; bn1 and its ReLU follow conv1 in every layout."""
+    if layout.stem == "cifar":
+        return nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False), nn.Identity()
+    pool = nn.MaxPool2d(3, stride=2, ceil_mode=True) if layout.caffe_pool else nn.MaxPool2d(3, stride=2, padding=1)
+    if layout.stem == "single":
+        return nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False), pool
+    w = layout.stem_width
+    deep = nn.Sequential(
+        _conv3x3(3, w, 2), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+        _conv3x3(w, w), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+        _conv3x3(w, 64),
+    )
+    return deep, pool
 
-    def __init__(self, block: type[_Block], depths: tuple[int, ...], plan: SlotPlan, num_classes: int, cifar: bool = False) -> None:
+
+class ResNet(nn.Module):
+    """torchvision's ResNet, with slots, in the given layout."""
+
+    def __init__(self, block: type[_Block], depths: tuple[int, ...], plan: Planner, num_classes: int,
+                 layout: Layout = Layout()) -> None:
         super().__init__()
-        if cifar:
-            self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
-            self.maxpool: nn.Module = nn.Identity()
-        else:
-            self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.conv1, self.maxpool = stem(layout)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         in_channels = 64
@@ -119,7 +186,7 @@ class ResNet(nn.Module):
             blocks = []
             for i in range(depth):
                 stride = 2 if index > 0 and i == 0 else 1
-                blocks.append(block(in_channels, planes, stride, stage, plan))
+                blocks.append(block(in_channels, planes, stride, Where(stage, i, depth), plan, layout))
                 in_channels = planes * block.expansion
             setattr(self, f"layer{index + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -152,45 +219,45 @@ def init_like_torchvision(model: nn.Module) -> None:
 
 
 @dataclass(frozen=True)
-class _Arch:
+class Arch:
+    """A depth's block type and blocks per stage."""
+
     block: type[_Block]
     depths: tuple[int, ...]
 
 
 ARCHS = {
-    18: _Arch(BasicBlock, (2, 2, 2, 2)),
-    34: _Arch(BasicBlock, (3, 4, 6, 3)),
-    50: _Arch(Bottleneck, (3, 4, 6, 3)),
-    101: _Arch(Bottleneck, (3, 4, 23, 3)),
-    152: _Arch(Bottleneck, (3, 8, 36, 3)),
+    18: Arch(BasicBlock, (2, 2, 2, 2)),
+    34: Arch(BasicBlock, (3, 4, 6, 3)),
+    50: Arch(Bottleneck, (3, 4, 6, 3)),
+    101: Arch(Bottleneck, (3, 4, 23, 3)),
+    152: Arch(Bottleneck, (3, 8, 36, 3)),
 }
 
 
-def _stage_channels(arch: _Arch, stage: int, position: str) -> tuple[int, ...]:
-    """Channel counts the slots of `stage` see at `position` (pre sees each block's input)."""
-    index = STAGES.index(stage)
-    out_channels = STAGE_WIDTHS[index] * arch.block.expansion
-    if position != "pre":
-        return (out_channels,)
-    first_in = 64 if index == 0 else STAGE_WIDTHS[index - 1] * arch.block.expansion
-    return (first_in, out_channels) if arch.depths[index] > 1 else (first_in,)
+def _build(arch: Arch, layout: Layout, plan: Planner, num_classes: int) -> ResNet:
+    return ResNet(arch.block, arch.depths, plan, num_classes, layout)
 
 
-def _build(arch: _Arch, cifar: bool, plan: SlotPlan, num_classes: int) -> ResNet:
-    return ResNet(arch.block, arch.depths, plan, num_classes, cifar=cifar)
+def register_resnet(name: str, depth: int, layout: Layout, paper: str, family: str = "resnet") -> None:
+    """Register a ResNet of `depth` in `layout` under `name`."""
+    cifar = layout.stem == "cifar"
+    register_backbone(BackboneEntry(
+        name=name, builder=partial(_build, ARCHS[depth], layout), stages=STAGES, default_stages=STAGES,
+        conv_stages=(3, 4, 5), positions=POSITIONS, min_input=8 if cifar else 32, family=family, paper=paper,
+        default_input=32 if cifar else 224,
+    ))
 
 
-for _depth, _arch in ARCHS.items():
-    for _cifar in (False, True):
-        register_backbone(BackboneEntry(
-            name=f"{'cifar_' if _cifar else ''}resnet{_depth}",
-            builder=partial(_build, _arch, _cifar),
-            stages=STAGES,
-            default_stages=STAGES,
-            conv_stages=(3, 4, 5),
-            positions=POSITIONS,
-            stage_channels=partial(_stage_channels, _arch),
-            min_input=8 if _cifar else 32,
-            family="cifar_resnet" if _cifar else "resnet",
-            paper="Deep Residual Learning, arXiv 1512.03385" + (" (CIFAR-style 3x3 stem)" if _cifar else "; torchvision layout"),
-        ))
+RESNET_PAPER = "Deep Residual Learning, arXiv 1512.03385"
+for _depth in ARCHS:
+    register_resnet(f"resnet{_depth}", _depth, Layout(), RESNET_PAPER + "; torchvision layout")
+    register_resnet(f"cifar_resnet{_depth}", _depth, Layout(stem="cifar"), RESNET_PAPER + " (CIFAR-style 3x3 stem)",
+                    family="cifar_resnet")
+for _depth in (50, 101, 152):
+    register_resnet(f"resnet{_depth}_caffe", _depth, Layout(caffe_pool=True, stride_in_1x1=True),
+                    RESNET_PAPER + "; Caffe layout of the SE and CBAM papers (stride in the first 1x1)")
+register_resnet("resnet50_d", 50, Layout(stem="deep", avg_down=True),
+                "Bag of Tricks, arXiv 1812.01187 (ResNet-D: deep stem, average-pool shortcuts); ResNeSt's base")
+register_resnet("resnext50_32x4d", 50, Layout(groups=32, width_per_group=4),
+                "Aggregated Residual Transformations (ResNeXt), arXiv 1611.05431; torchvision layout; SKNet's base")

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from attnbench.backbones.registry import BackboneEntry, SlotPlan, register_backbone
+from attnbench.backbones.registry import BackboneEntry, register_backbone
+from attnbench.modules.slots import Planner, Site
 
 LAYER_SCALE_INIT = 1e-2
 StemFactory = Callable[[int, int], nn.Module]  # (in_channels, out_channels) -> stride-4 stem
@@ -39,9 +40,6 @@ class StageConfig:
     drop_path: float
     norm_eps: float
 
-    def channels(self, stage: int, position: str = "mixer") -> tuple[int, ...]:
-        """Channels a slot of `stage` (numbered 1-4) sees."""
-        return (self.dims[stage - 1],)
 
 
 # Official van_b0..van_b3 definitions; drop-path rates are those of the official ImageNet
@@ -183,14 +181,15 @@ def init_weights(module: nn.Module) -> None:
 class VisualAttentionNetwork(nn.Module):
     """Four stages (stage1..stage4, numbered as in the papers), global average pooling, Linear head."""
 
-    def __init__(self, config: StageConfig, plan: SlotPlan, num_classes: int, stem: StemFactory = van_stem, in_channels: int = 3) -> None:
+    def __init__(self, config: StageConfig, plan: Planner, num_classes: int, stem: StemFactory = van_stem, in_channels: int = 3) -> None:
         super().__init__()
         rates = drop_path_rates(config.drop_path, sum(config.depths))
         previous = in_channels
         for index, (dim, depth, ratio) in enumerate(zip(config.dims, config.depths, config.mlp_ratios)):
             stage = index + 1
             embed = stem(previous, dim) if stage == 1 else PatchEmbed(previous, dim, 3, 2)
-            blocks = [Block(dim, ratio, plan.gate(dim, stage), rates.pop(0)) for _ in range(depth)]
+            blocks = [Block(dim, ratio, plan.gate(Site("gate", stage, i, "mixer", dim, blocks=depth)), rates.pop(0))
+                      for i in range(depth)]
             self.add_module(f"stage{stage}", Stage(embed, blocks, dim, config.norm_eps))
             previous = dim
         self.head = nn.Linear(previous, num_classes)
@@ -206,12 +205,12 @@ class VisualAttentionNetwork(nn.Module):
         return self.head(self.forward_features(x).mean(dim=(2, 3)))
 
 
-def build_van(config: StageConfig, plan: SlotPlan, num_classes: int) -> VisualAttentionNetwork:
+def build_van(config: StageConfig, plan: Planner, num_classes: int) -> VisualAttentionNetwork:
     """A VAN with the plan's module in the spatial-mixer slot of each block."""
     return VisualAttentionNetwork(config, plan, num_classes)
 
 
-def register_family(configs: dict[str, StageConfig], builder: Callable[[StageConfig, SlotPlan, int], nn.Module], family: str, paper: str) -> None:
+def register_family(configs: dict[str, StageConfig], builder: Callable[[StageConfig, Planner, int], nn.Module], family: str, paper: str) -> None:
     """Register one backbone per config; the slot is the spatial mixer of every block, in any of the four stages."""
     for name, config in configs.items():
         register_backbone(BackboneEntry(
@@ -221,7 +220,6 @@ def register_family(configs: dict[str, StageConfig], builder: Callable[[StageCon
             default_stages=(1, 2, 3, 4),
             conv_stages=(),
             positions=("mixer",),
-            stage_channels=config.channels,
             min_input=32,
             family=family,
             paper=paper,

@@ -12,7 +12,7 @@ Schema (every key optional except `name`, and `variants` unless there is a `sear
     batch_sizes: [1]                  # these three are axes of every point
     dtypes: [fp32]                    # fp32, bf16, fp16 (autocast) for latency and memory
     channels_last: [false]
-    placement: {stages: [[2, 3, 4, 5]], position: [standard]}   # axes applied to every variant
+    placement: {stages: [[2, 3, 4, 5]], position: [standard]}   # axes applied to every variant (also: blocks)
     variants:
       - module: se
         grid: {reduction: [4, 8, 16, 32]}               # product of lists
@@ -20,6 +20,9 @@ Schema (every key optional except `name`, and `variants` unless there is a `sear
         variants: [{kernel_size: 7, dilation: 2}, ...]  # explicit list
       - module: dcn
         stages: [3, 4, 5]                               # one stage set, or a list of sets (an axis)
+      - module: nonlocal
+        stages: [4]
+        blocks: [-2]                                    # block indices in each stage (-1: the last); an axis too
         backbones: [resnet50]                           # restrict to some backbones
     search: {objectives: [macs, params], modules: {se: {reduction: {low: 4, high: 32}}}}
                                       # for --search: see attnbench/search/setup.py
@@ -43,9 +46,9 @@ from attnbench.config.point import DTYPES, Point, make_point
 
 TOP_KEYS = ("name", "description", "backbones", "input_size", "num_classes", "batch_sizes", "dtypes", "channels_last",
             "placement", "variants", "measure", "train", "search")
-VARIANT_KEYS = ("module", "grid", "variants", "stages", "position", "backbones")
+VARIANT_KEYS = ("module", "grid", "variants", "stages", "position", "blocks", "backbones")
 BACKBONE_KEYS = ("name", "input_size", "num_classes")
-PLACEMENT_KEYS = ("stages", "position")
+PLACEMENT_KEYS = ("stages", "position", "blocks")
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ def _expand_variant(variant: Any, prefix: str, backbones: list[dict], inputs: li
         raise ConfigError(f"{prefix}variants", explicit, "a non-empty list of hyperparameter mappings")
     stage_sets = _stage_axis(variant.get("stages", placement.get("stages")), f"{prefix}stages")
     positions = _position_axis(variant.get("position", placement.get("position")), f"{prefix}position")
+    block_sets = _stage_axis(variant.get("blocks", placement.get("blocks")), f"{prefix}blocks")
     only = variant.get("backbones")
     names = [b["name"] for b in backbones]
     if only is not None and (not isinstance(only, list) or any(b not in names for b in only)):
@@ -153,9 +157,10 @@ def _expand_variant(variant: Any, prefix: str, backbones: list[dict], inputs: li
         for combo in itertools.product(*axes.values()):
             for extra in explicit:
                 hyperparameters = {**dict(zip(axes, combo)), **extra}
-                for stages, position, (batch_size, dtype, channels_last) in itertools.product(stage_sets, positions, inputs):
+                for stages, position, blocks, (batch_size, dtype, channels_last) in itertools.product(
+                        stage_sets, positions, block_sets, inputs):
                     points.append(make_point(
-                        backbone["name"], module, hyperparameters, stages=stages, position=position,
+                        backbone["name"], module, hyperparameters, stages=stages, position=position, blocks=blocks,
                         input_size=backbone["input_size"], batch_size=batch_size, num_classes=backbone["num_classes"],
                         dtype=dtype, channels_last=channels_last, prefix=prefix,
                     ))
@@ -179,14 +184,14 @@ def _backbones(value: Any, defaults: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _stage_axis(value: Any, key: str) -> list[Any]:
-    """None (backbone default), one stage set, or a list of stage sets."""
+    """None (the default), one set of stages (or of block indices), or a list of such sets: an axis."""
     if value is None:
         return [None]
     if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
         return value
     if isinstance(value, (list, int)):
         return [value]
-    raise ConfigError(key, value, "a list of stages, or a list of such lists")
+    raise ConfigError(key, value, f"a list of {key.rsplit('.', 1)[-1]}, or a list of such lists")
 
 
 def _position_axis(value: Any, key: str) -> list[Any]:

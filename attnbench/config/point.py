@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from attnbench.backbones import get_backbone_entry, plan_slots
+from attnbench.backbones import default_placement, get_backbone_entry, plan_slots
 from attnbench.errors import ConfigError
 from attnbench.modules import get_module_entry
 
@@ -38,6 +38,7 @@ class Point:
     num_classes: int = 1000
     dtype: str = "fp32"  # fp32, or bf16 / fp16 under autocast (latency and memory)
     channels_last: bool = False
+    blocks: tuple[int, ...] | None = None  # block indices within each chosen stage; None: every block
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -53,6 +54,8 @@ class Point:
         """Inverse of `to_dict`."""
         data = dict(data)
         data["stages"] = tuple(data.get("stages", ()))
+        if data.get("blocks") is not None:
+            data["blocks"] = tuple(data["blocks"])
         data["hyperparameters"] = {
             k: tuple(v) if isinstance(v, list) else v for k, v in data.get("hyperparameters", {}).items()
         }
@@ -83,24 +86,28 @@ class Point:
         if self.position != entry.positions[0]:
             fields["position"] = self.position
         for axis in dataclasses.fields(self):
-            if axis.name not in fields and axis.name not in ("hyperparameters", "stages", "position") \
+            if axis.name not in fields and axis.name not in ("hyperparameters", "stages", "position", "blocks") \
                     and data[axis.name] != _canonical(axis.default):
                 fields[axis.name] = data[axis.name]
+        if self.blocks is not None:
+            fields["blocks"] = data["blocks"]
         return fields
 
     def variant_label(self) -> str:
-        """Module with its non-default hyperparameters and placement, e.g. `se(reduction=8)`."""
-        defaults = get_module_entry(self.attention).schema.defaults()
+        """Module with its non-default hyperparameters and placement, e.g. `se(reduction=8)`, `se@4,5[post]`."""
+        module = get_module_entry(self.attention)
+        defaults = module.schema.defaults()
         changed = [f"{k}={_short(v)}" for k, v in self.hyperparameters.items() if defaults.get(k) != v]
         label = self.attention + (f"({', '.join(changed)})" if changed else "")
-        entry = get_backbone_entry(self.backbone)
-        module_kind = get_module_entry(self.attention).kind
-        default_stages = entry.conv_stages if module_kind == "conv" else entry.default_stages
-        if self.attention != "none" and self.stages != default_stages:
+        if self.attention == "none":
+            return label
+        stages, position, blocks = default_placement(get_backbone_entry(self.backbone), module)
+        if self.stages != stages:
             label += "@" + ",".join(map(str, self.stages))
-        if self.attention != "none" and self.position != entry.positions[0]:
-            label += f"[{self.position}]"
-        return label
+        where = [self.position] if self.position != position else []
+        if self.blocks != blocks:
+            where.append("blocks " + ("all" if self.blocks is None else ",".join(map(str, self.blocks))))
+        return label + (f"[{', '.join(where)}]" if where else "")
 
 
 def _short(value: Any) -> str:
@@ -123,10 +130,11 @@ def make_point(
     num_classes: int = 1000,
     dtype: str = "fp32",
     channels_last: bool = False,
+    blocks: Any = None,
     prefix: str = "",
 ) -> Point:
     """Validate everything about a point without building a model; errors name their key."""
-    plan = plan_slots(backbone, attention, stages, position, hyperparameters, prefix)
+    plan = plan_slots(backbone, attention, stages, position, hyperparameters, prefix, blocks)
     entry = get_backbone_entry(backbone)
     _positive_int(f"{prefix}batch_size", batch_size)
     _positive_int(f"{prefix}num_classes", num_classes)
@@ -138,7 +146,7 @@ def make_point(
     if not isinstance(channels_last, bool):
         raise ConfigError(f"{prefix}channels_last", channels_last, "true or false")
     return Point(backbone, attention, plan.hyperparameters, plan.stages, plan.position, input_size, batch_size,
-                 num_classes, dtype, channels_last)
+                 num_classes, dtype, channels_last, plan.blocks)
 
 
 def _positive_int(key: str, value: Any) -> None:

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from attnbench.backbones.registry import attention_slots
+from attnbench.modules.slots import attention_slots
 from attnbench.errors import ConfigError
 
 with warnings.catch_warnings():

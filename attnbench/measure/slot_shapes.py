@@ -7,7 +7,7 @@ from typing import Any, Hashable, Sequence
 import torch
 from torch import nn
 
-from attnbench.backbones.registry import attention_slots
+from attnbench.modules.slots import attention_slots
 from attnbench.measure.latency import LatencyOptions, LatencyResult, check_input_shape, measure_latency, random_input
 
 

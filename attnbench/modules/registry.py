@@ -1,6 +1,7 @@
 """Registry of attention modules: build by name, list names with their hyperparameters."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
@@ -13,6 +14,42 @@ from attnbench.hparams import HParam, Schema
 # "conv": replaces a 3x3 convolution of the backbone (dcn); built with out_channels and stride.
 ModuleKind = Literal["gate", "conv"]
 ChannelCheck = Callable[[int, dict[str, Any]], None]
+STAGE_RULES = ("all", "all_but_last", "last")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a module sits by default when its paper puts it somewhere particular (else the backbone decides).
+
+    `stages` is a rule over the backbone's stages (all, all_but_last, last) or a tuple of indices into
+    them (-2: the second to last, ResNet's res4); `blocks` indices within each stage (-1: the last
+    block); `position` a block position, used where the backbone offers it.
+    """
+
+    position: str | None = None
+    stages: str | tuple[int, ...] | None = None
+    blocks: tuple[int, ...] | None = None
+
+    def stages_in(self, stages: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The stages of a backbone with `stages` this placement picks (None: the backbone's default)."""
+        if self.stages is None:
+            return None
+        if self.stages == "all":
+            return stages
+        if self.stages == "all_but_last":
+            return stages[:-1] or stages
+        if self.stages == "last":
+            return stages[-1:]
+        return tuple(sorted({stages[i] for i in self.stages if -len(stages) <= i < len(stages)})) or None
+
+    def describe(self) -> str:
+        """Short text for --list, e.g. 'post, stages all_but_last, blocks -1'."""
+        parts = [self.position] if self.position else []
+        if self.stages is not None:
+            parts.append(f"stages {self.stages if isinstance(self.stages, str) else list(self.stages)}")
+        if self.blocks is not None:
+            parts.append(f"blocks {list(self.blocks)}")
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -26,6 +63,8 @@ class ModuleEntry:
     paper: str
     check_channels: ChannelCheck | None = None
     code: str = ""  # the official implementation followed (repository), for --list
+    placement: Placement = Placement()  # where its paper puts it, where that differs from every block
+    includes_norm: bool = False  # conv modules with their own BN and activation (the block drops its own)
 
     def resolve(self, hyperparameters: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         """Paper defaults overlaid with validated hyperparameters."""
@@ -51,13 +90,16 @@ def register_module(
     code: str = "",
     params: dict[str, HParam] | None = None,
     check_channels: ChannelCheck | None = None,
+    placement: Placement = Placement(),
+    includes_norm: bool = False,
 ) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator adding a module to the registry under `name`."""
 
     def add(cls: type[nn.Module]) -> type[nn.Module]:
         if name in _REGISTRY:
             raise RuntimeError(f"attention module {name!r} registered twice")
-        _REGISTRY[name] = ModuleEntry(name, cls, kind, Schema(dict(params or {})), paper, check_channels, code)
+        _REGISTRY[name] = ModuleEntry(name, cls, kind, Schema(dict(params or {})), paper, check_channels, code,
+                                      placement, includes_norm)
         return cls
 
     return add
@@ -79,18 +121,21 @@ def build_module(name: str, channels: int, **hyperparameters: Any) -> nn.Module:
     """Build attention module `name` for `channels` channels with validated hyperparameters.
 
     For "conv" modules (dcn), `out_channels` and `stride` may also be given; they describe
-    the convolution being replaced, not a hyperparameter.
+    the convolution being replaced, not a hyperparameter. `feature_size` (H, W), the map the
+    module will get, goes to modules whose constructor takes it (BoTNet's position embeddings).
     """
     entry = get_module_entry(name)
-    conv_args = {k: hyperparameters.pop(k) for k in ("out_channels", "stride") if k in hyperparameters}
-    if conv_args and entry.kind != "conv":
-        key = next(iter(conv_args))
-        raise ConfigError(key, conv_args[key], f"only for convolution-replacing modules, not {name!r}")
+    site = {k: hyperparameters.pop(k) for k in ("out_channels", "stride", "feature_size") if k in hyperparameters}
+    conv_only = [k for k in ("out_channels", "stride") if k in site]
+    if conv_only and entry.kind != "conv":
+        raise ConfigError(conv_only[0], site[conv_only[0]], f"only for convolution-replacing modules, not {name!r}")
+    if "feature_size" in site and "feature_size" not in inspect.signature(entry.cls).parameters:
+        del site["feature_size"]  # a module that works at any size needs none
     if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
         raise ConfigError("channels", channels, "a positive integer")
     resolved = entry.resolve(hyperparameters)
     entry.check(channels, resolved)
-    return entry.cls(channels, **conv_args, **resolved)
+    return entry.cls(channels, **site, **resolved)
 
 
 def describe_modules() -> list[dict[str, Any]]:
@@ -102,6 +147,6 @@ def describe_modules() -> list[dict[str, Any]]:
         for hp_name, hp in entry.schema.params.items():
             rows.append({
                 "module": entry.name, "kind": entry.kind, "hyperparameter": hp_name,
-                "default": hp.default, "allowed": hp.allowed(), "paper": entry.paper, "code": entry.code,
+                "default": hp.default, "allowed": hp.described(), "paper": entry.paper, "code": entry.code,
             })
     return rows

@@ -98,8 +98,8 @@ def _environment(device: str) -> dict[str, Any]:
 def build_point_model(point: Point) -> nn.Module:
     """The model a point describes, freshly initialised."""
     return build_model(
-        point.backbone, point.attention, stages=point.stages, position=point.position,
-        num_classes=point.num_classes, **point.hyperparameters,
+        point.backbone, point.attention, stages=point.stages, position=point.position, blocks=point.blocks,
+        num_classes=point.num_classes, input_size=point.input_size, **point.hyperparameters,
     )
 
 
