@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from attnbench.hparams import Choice, Int, Subset
 from attnbench.modules.gates import reduced_channels_check
-from attnbench.modules.registry import register_module
+from attnbench.modules.registry import Placement, register_module
 
 COMBINES = ("product", "sum", "max")
 BRANCHES = ("channel", "spatial")
@@ -73,6 +73,7 @@ class SpatialGate(nn.Module):
         "branches": Subset(BRANCHES, choices=BRANCHES, help="branches used (the paper's channel / spatial ablation)"),
     },
     check_channels=reduced_channels_check(),
+    placement=Placement(position="post", stages="all_but_last", blocks=(-1,)),  # the paper: at each stage's end
 )
 class BAM(nn.Module):
     """BAM: x * (1 + sigmoid(combine(Mc(x), Ms(x))))."""

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from attnbench.errors import ConfigError
 from attnbench.hparams import Bool, Choice, Int
-from attnbench.modules.registry import register_module
+from attnbench.modules.registry import Placement, register_module
 
 POSITIONS = ("relative", "absolute", "none")
 
@@ -63,6 +63,7 @@ def _check_channels(channels: int, hp: dict[str, Any]) -> None:
         "content": Bool(True, help="content-content logits q k^T; false: content-position only (the paper's ablation)"),
     },
     check_channels=_check_channels,
+    placement=Placement(stages="last"),  # BoT50: every block of c5
 )
 class MultiHeadSelfAttention(nn.Module):
     """All-to-all multi-head self-attention over a fixed H x W map, with 2-D position logits."""

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from attnbench.hparams import Bool, Choice, Int
 from attnbench.modules.gates import reduced_channels_check
-from attnbench.modules.registry import register_module
+from attnbench.modules.registry import Placement, register_module
 
 MODES = ("embedded_gaussian", "gaussian", "dot_product", "concatenation")
 INIT_STD = 0.01  # official NONLOCAL.CONV_INIT_STD
@@ -54,6 +54,8 @@ def _embedding(in_channels: int, out_channels: int) -> nn.Conv2d:
         "bn": Bool(True, help="BN with gamma 0 after W (official Caffe2); false: no BN, W zero-initialised (mmcv default)"),
     },
     check_channels=reduced_channels_check(),
+    # the paper's COCO and ImageNet models: one block, before the last block of res4 (ResNet stage 4)
+    placement=Placement(position="post", stages=(-2,), blocks=(-2,)),
 )
 class NonLocal(nn.Module):
     """Non-local block with its residual: x + W(y)."""

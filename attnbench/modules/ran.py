@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from attnbench.errors import ConfigError
 from attnbench.hparams import Bool, Int
-from attnbench.modules.registry import register_module
+from attnbench.modules.registry import Placement, register_module
 
 
 class PreActUnit(nn.Module):
@@ -84,11 +84,12 @@ def _upsample(x: Tensor, like: Tensor) -> Tensor:
     paper="Residual Attention Network for Image Classification, arXiv 1704.06904",
     code="fwang91/residual-attention-network",
     params={
-        "downsamples": Int(1, low=1, high=6, help="n: max-pool steps of the mask (Attention-56: 3, 2, 1 at 56, 28, 14); n - 1 skips"),
+        "downsamples": Int(1, low=1, high=6, per_stage=True, help="n: max-pool steps of the mask (Attention-56: 3, 2, 1 at 56, 28, 14); n - 1 skips"),
         "units": Int(1, low=1, high=4, help="r: residual units between adjacent pooling / upsampling layers"),
         "attention_residual": Bool(True, help="(1 + M) * x; false: naive attention learning M * x (paper's NAL)"),
     },
     check_channels=_check,
+    placement=Placement(position="post", stages="all_but_last", blocks=(-1,)),  # Attention-56: one per stage at 56, 28, 14
 )
 class ResidualAttention(nn.Module):
     """(1 + M(x)) * x with M the bottom-up top-down soft mask branch."""

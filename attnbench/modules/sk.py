@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from attnbench.errors import ConfigError
 from attnbench.hparams import Bool, Int, OddKernels
-from attnbench.modules.registry import register_module
+from attnbench.modules.registry import Placement, register_module
 
 
 def _check_groups(channels: int, groups: int) -> None:
@@ -46,6 +46,8 @@ def _check_channels(channels: int, hp: dict[str, Any]) -> None:
         "select": Bool(True, help="softmax attention across branches; false: plain sum (the paper's rows without SK)"),
     },
     check_channels=_check_channels,
+    placement=Placement(stages="all"),  # every block of all four stages
+    includes_norm=True,  # its branches end in BN and ReLU: the block's own after the 3x3 go
 )
 class SelectiveKernel(nn.Module):
     """SK convolution: M conv-BN-ReLU branches fused by a per-channel softmax over the branches."""

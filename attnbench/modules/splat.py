@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from attnbench.errors import ConfigError
 from attnbench.hparams import Bool, Int
-from attnbench.modules.registry import register_module
+from attnbench.modules.registry import Placement, register_module
 
 MIN_INTER_CHANNELS = 32  # the official floor of c'
 
@@ -63,6 +63,8 @@ def _check_channels(channels: int, hp: dict[str, Any]) -> None:
         "avd_first": Bool(False, help="that pool before the unit instead of after it (the 'fast' models)"),
     },
     check_channels=_check_channels,
+    placement=Placement(stages="all"),  # every block of all four stages
+    includes_norm=True,  # its branches end in BN and ReLU: the block's own after the 3x3 go
 )
 class SplitAttentionConv(nn.Module):
     """Split-attention 3x3 conv: R splits weighted by an r-softmax from their pooled sum."""
