@@ -9,7 +9,7 @@ import torch
 from torch.nn import functional as F
 
 from attnbench import ConfigError, build_module
-from attnbench.hparams import adaptive_eca_kernel
+from attnbench.modules.eca import adaptive_eca_kernel
 from attnbench.modules import describe_modules, module_names
 
 
@@ -161,7 +161,7 @@ def test_cbam_orders_and_pool_types() -> None:
 
 @pytest.mark.parametrize("channels,expected", [(64, 3), (128, 5), (256, 5), (512, 5), (1024, 5), (2048, 7)])
 def test_eca_adaptive_kernel(channels: int, expected: int) -> None:
-    # eq. (12): k = |log2(C)/2 + 1/2|_odd, the official code's int-then-next-odd rounding.
+    # eq. (12): k = |log2(C)/2 + 1/2|_odd (the paper's formula; the official code has none, it takes k as given).
     assert adaptive_eca_kernel(channels) == expected
     assert build_module("eca", channels).kernel_size == expected
 

@@ -70,6 +70,7 @@ class SpatialGate(nn.Module):
     "cbam",
     kind="gate",
     paper="CBAM: Convolutional Block Attention Module, arXiv 1807.06521",
+    code="Jongchan/attention-module",
     params={
         "reduction": Int(16, low=1, high=1024, log=True, help="r of the shared channel MLP"),
         "spatial_kernel": Int(7, low=1, high=31, odd=True, help="k of the spatial gate's conv (paper: 7; 3 in its ablation)"),

@@ -39,6 +39,7 @@ def _check(channels: int, hp: dict) -> None:
     "lka",
     kind="gate",
     paper="Visual Attention Network, arXiv 2202.09741",
+    code="Visual-Attention-Network/VAN-Classification",
     params={
         "kernel_size": Int(21, low=3, high=63, help="K: receptive field of the decomposed kernel"),
         "dilation": Int(3, low=1, high=5, help="d: dilation of the second depthwise conv"),

@@ -23,6 +23,7 @@ def strip_branch(channels: int, k: int) -> nn.Sequential:
     "msca",
     kind="gate",
     paper="SegNeXt, arXiv 2209.08575",
+    code="Visual-Attention-Network/SegNeXt",
     params={
         "scales": OddKernels((7, 11, 21), low=3, high=31, help="strip-conv kernel of each branch"),
         "base_kernel": Int(5, low=1, high=31, odd=True, help="the local depthwise conv before the branches"),
