@@ -47,17 +47,24 @@ def _list() -> None:
     import pandas as pd
 
     from attnbench.backbones import backbone_names, get_backbone_entry
-    from attnbench.modules import describe_modules
+    from attnbench.modules import describe_modules, get_module_entry, module_names
 
-    print(pd.DataFrame(describe_modules()).drop(columns="paper").to_markdown(index=False))
-    print()
-    rows = []
+    modules = [{"module": name, "kind": (e := get_module_entry(name)).kind, "paper": e.paper, "official code": e.code,
+                "placement": e.placement.describe() or "the backbone's default stages, every block"}
+               for name in module_names() if name != "none"]
+    print(f"{len(modules)} modules, and `none` (the baseline):\n")
+    print(pd.DataFrame(modules).to_markdown(index=False))
+    print("\nHyperparameters (defaults are the papers'):\n")
+    rows = [r for r in describe_modules() if r["hyperparameter"]]
+    print(pd.DataFrame(rows)[["module", "hyperparameter", "default", "allowed"]].to_markdown(index=False))
+    print("\nBackbones (any listed stage may take a module; the defaults apply when a file names none):\n")
+    backbones = []
     for name in backbone_names():
         entry = get_backbone_entry(name)
-        rows.append({"backbone": name, "stages": list(entry.stages), "default stages": list(entry.default_stages),
-                     "dcn stages": list(entry.conv_stages), "positions": ", ".join(entry.positions),
-                     "min input": entry.min_input})
-    print(pd.DataFrame(rows).to_markdown(index=False))
+        backbones.append({"backbone": name, "stages": list(entry.stages), "default stages (gates)": list(entry.default_stages),
+                          "default stages (conv modules)": list(entry.conv_stages) if "conv" in entry.accepts else "-",
+                          "positions": ", ".join(entry.positions), "min input": entry.min_input, "paper": entry.paper})
+    print(pd.DataFrame(backbones).to_markdown(index=False))
 
 
 def _grid(args: argparse.Namespace) -> int:

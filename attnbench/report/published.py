@@ -29,9 +29,20 @@ SOURCES = {
     "VAN": "Guo et al., Visual Attention Network, arXiv 2202.09741, and the official VAN-Classification README",
     "VAN T6": "Guo et al., Visual Attention Network, arXiv 2202.09741, Table 6 (VAN-B0 with LKA (K, d))",
     "SegNeXt": "Guo et al., SegNeXt, arXiv 2209.08575, ImageNet-1K comparison with MiT and VAN (classifier head included)",
+    "SE T2": "Hu et al., Squeeze-and-Excitation Networks, arXiv 1709.01507, Table 2 (Caffe ResNet-50 3.86, SE-ResNet-50 3.87 "
+             "GFLOPs, the squeeze and the scaling counted)",
+    "ECA": "BangguWu/ECANet README model zoo: eca_resnet50_k3557 (k = 3, 5, 5, 7 by stage); the count is that "
+           "configuration's ECA parameters (80) on torchvision's ResNet-50",
+    "ResNeSt": "zhanghang1989/ResNeSt, resnest50 built from the official resnest/torch code (27.5 M, 5.39 GFLOPs in the paper)",
+    "SKNet": "implus/SKNet sknet50.prototxt, counted layer by layer (27.5 M, 4.47 GFLOPs in the paper's Table 1)",
+    "BoTNet": "the authors' BoTNet gist (aravindsrinivas), BoT50 = ResNet-50 with MHSA in c5, counted (20.8 M in the paper)",
+    "BAM": "Park et al., BAM, arXiv 1807.06514, ImageNet table (ResNet-50 + BAM 25.92 M)",
 }
 CAFFE_RESNET = ("the paper's GFLOPs (3.87) are for the original Caffe ResNet-50 with the stride in the first 1x1 conv "
-                "(3.86 there); torchvision puts it in the 3x3, so only parameters are compared")
+                "(3.86 there); torchvision puts it in the 3x3, so only parameters are compared here; the Caffe "
+                "layout rows (resnet50_caffe) compare the GFLOPs")
+SQUEEZE_SCALE = ("MACs here are the dense MACs plus the SE blocks' own element-wise work (the squeeze's pooling, the "
+                 "sigmoid and the scaling), which the SE paper's 3.87 counts: 3.8605 G dense alone")
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,7 @@ class Published:
     source: str = ""
     note: str = ""
     minus: str | None = None  # compare the difference to this other entry (by model name), e.g. an added block
+    attention_elementwise: bool = False  # the published MACs also count the modules' element-wise work (SE paper)
 
     def build(self) -> Any:
         """The model, freshly built (validated like any point)."""
@@ -78,6 +90,18 @@ PUBLISHED: tuple[Published, ...] = (
     Published("MSCAN-B", "mscan_b", "msca", params="26.8", source="SegNeXt"),
     Published("MSCAN-L", "mscan_l", "msca", params="45.2", source="SegNeXt",
               note="45.15 M at two decimals; 45.2 only if that is rounded again, half up"),
+    Published("ResNet-50, Caffe layout", "resnet50_caffe", params="25.6", macs_g="3.86", source="SE T2"),
+    Published("SE-ResNet-50, Caffe layout", "resnet50_caffe", "se", params="28.1", macs_g="3.87", source="SE T2",
+              attention_elementwise=True, note=SQUEEZE_SCALE),
+    Published("ECA-ResNet-50 (k 3,5,5,7)", "resnet50", "eca", {"kernel_size": "k3557"}, params=25_557_112, source="ECA"),
+    Published("MobileNetV2", "mobilenet_v2", params=3_504_872, macs_g="0.30", source="torchvision"),
+    Published("BAM-ResNet-50", "resnet50", "bam", params="25.92", source="BAM"),
+    Published("ResNeSt-50", "resnet50_d", "splat", params=27_483_240, macs_g="5.37", source="ResNeSt",
+              note="the count and the dense MACs of the official resnest50; the paper prints 27.5 M and 5.39 GFLOPs"),
+    Published("SKNet-50", "resnext50_32x4d", "sk", params=27_479_784, macs_g="4.46", source="SKNet",
+              note="the count and the dense MACs of the official prototxt; the paper prints 27.5 M and 4.47 GFLOPs"),
+    Published("BoT50", "resnet50", "mhsa", params=20_852_008, macs_g="4.02", source="BoTNet",
+              note="the count of the authors' code (its c1-c4 are torchvision's); the paper prints 20.8 M"),
 )
 
 
@@ -102,18 +126,23 @@ def count_params(model: Any) -> int:
     return sum({id(p): p.numel() for p in model.parameters()}.values())
 
 
-def measure(entry: Published, macs: Callable[[Any], int] | None) -> dict[str, float | None]:
+def measure(entry: Published, macs: Callable[[Any, bool], int] | None) -> dict[str, float | None]:
     """Measured params (and MACs when the entry publishes them and `macs` is given) of one entry's model."""
     model = entry.build()
     return {"params": count_params(model),
-            "macs": macs(model) if (entry.macs_g is not None and macs is not None) else None}
+            "macs": macs(model, entry.attention_elementwise) if (entry.macs_g is not None and macs is not None) else None}
 
 
-def complexity_macs(model: Any) -> int:
-    """MACs at 224x224, batch 1, through the harness's counter (no FlopCounterMode cross-check: same number, twice the time)."""
+def complexity_macs(model: Any, attention_elementwise: bool = False) -> int:
+    """MACs at 224x224, batch 1, through the harness's counter (no FlopCounterMode cross-check: same number, twice the time).
+
+    With `attention_elementwise`, the slot modules' element-wise FLOPs are added, as the SE paper counts them.
+    """
     from attnbench.measure.complexity import measure_complexity
 
-    return measure_complexity(model, (1, 3, INPUT_SIZE, INPUT_SIZE), cross_check=False).macs
+    result = measure_complexity(model, (1, 3, INPUT_SIZE, INPUT_SIZE), cross_check=False)
+    extra = sum(slot["elementwise_flops"] for slot in result.by_slot.values()) if attention_elementwise else 0
+    return result.macs + extra
 
 
 def compare(entry: Published, measured: dict[str, float | None]) -> dict[str, Any]:
