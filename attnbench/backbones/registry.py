@@ -155,6 +155,8 @@ def _check_sites(plan: SlotPlan, entry: BackboneEntry, module: ModuleEntry, pref
             if (channels, repr(hyperparameters)) not in checked:
                 module.check(channels, hyperparameters, prefix)
                 checked.add((channels, repr(hyperparameters)))
+        if site.kind == "conv":
+            module.check_site(site.channels, site.out_channels, site.stride, hyperparameters, prefix)
 
 
 def _check_per_stage(module: ModuleEntry, resolved: dict[str, Any], stages: tuple[int, ...], prefix: str) -> None:

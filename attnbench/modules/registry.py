@@ -14,6 +14,7 @@ from attnbench.hparams import HParam, Schema
 # "conv": replaces a 3x3 convolution of the backbone (dcn); built with out_channels and stride.
 ModuleKind = Literal["gate", "conv"]
 ChannelCheck = Callable[[int, dict[str, Any]], None]
+ConvCheck = Callable[[int, int, int, dict[str, Any]], None]  # (in channels, out channels, stride, hp) of a replaced conv
 STAGE_RULES = ("all", "all_but_last", "last")
 
 
@@ -65,6 +66,15 @@ class ModuleEntry:
     code: str = ""  # the official implementation followed (repository), for --list
     placement: Placement = Placement()  # where its paper puts it, where that differs from every block
     includes_norm: bool = False  # conv modules with their own BN and activation (the block drops its own)
+    check_conv: ConvCheck | None = None  # conv modules: refuse a convolution they cannot stand in for
+
+    def check_site(self, in_channels: int, out_channels: int, stride: int, resolved: dict[str, Any], prefix: str = "") -> None:
+        """Raise ConfigError if this conv module cannot replace a conv of these channels and stride."""
+        if self.check_conv is not None:
+            try:
+                self.check_conv(in_channels, out_channels, stride, resolved)
+            except ConfigError as error:
+                raise error.under(prefix.rstrip(".")) if prefix else error
 
     def resolve(self, hyperparameters: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         """Paper defaults overlaid with validated hyperparameters."""
@@ -92,6 +102,7 @@ def register_module(
     check_channels: ChannelCheck | None = None,
     placement: Placement = Placement(),
     includes_norm: bool = False,
+    check_conv: ConvCheck | None = None,
 ) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator adding a module to the registry under `name`."""
 
@@ -99,7 +110,7 @@ def register_module(
         if name in _REGISTRY:
             raise RuntimeError(f"attention module {name!r} registered twice")
         _REGISTRY[name] = ModuleEntry(name, cls, kind, Schema(dict(params or {})), paper, check_channels, code,
-                                      placement, includes_norm)
+                                      placement, includes_norm, check_conv)
         return cls
 
     return add
