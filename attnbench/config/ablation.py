@@ -7,6 +7,9 @@ Schema (every key optional except `name`, and `variants` unless there is a `sear
     backbones:                        # names, or mappings with per-backbone input settings
       - {name: cifar_resnet18, input_size: 32, num_classes: 10}
       - resnet50
+      - {factory: "mypkg.models:small_cnn", kwargs: {width: 32}, input_size: 64,   # your own model
+         slots: {after: ["stages.*.bn2"], replace: ["stages.2.*.conv2"]}}           # (docs/custom_backbones.md)
+      - {name: "timm:resnet50d", slots: {after: ["layer*.*.bn3"]}}                  # or torchvision:NAME
     input_size: 224                   # defaults for backbones that do not set their own
     num_classes: 1000
     batch_sizes: [1]                  # these three are axes of every point
@@ -40,6 +43,7 @@ from typing import Any
 
 import yaml
 
+from attnbench.backbones.custom import CustomBackbone, is_custom_item, parse_backbone_item
 from attnbench.core.paths import check_study_name
 from attnbench.errors import ConfigError, check_keys
 from attnbench.config.point import DTYPES, Point, make_point
@@ -62,6 +66,8 @@ class Ablation:
     train: dict[str, Any] | None = None
     source: str = ""
     search: dict[str, Any] | None = None
+    # user backbones the points name; unpickling them (in a --workers child) registers them there
+    custom_backbones: tuple[CustomBackbone, ...] = ()
 
 
 def load_ablation(path: str | Path) -> Ablation:
@@ -92,7 +98,8 @@ def parse_ablation(data: Any, source: str = "") -> Ablation:
     check_keys(data, TOP_KEYS, "")
     name = check_study_name("name", data.get("name"))
     defaults = {"input_size": data.get("input_size", 224), "num_classes": data.get("num_classes", 1000)}
-    backbones = _backbones(data.get("backbones", ["resnet50"]), defaults)
+    folder = str(Path(source).parent) if source and Path(source).is_file() else None
+    backbones, custom = _backbones(data.get("backbones", ["resnet50"]), defaults, folder, "num_classes" in data)
     inputs = list(itertools.product(
         _int_list(data.get("batch_sizes", [1]), "batch_sizes"),
         _list(data.get("dtypes", ["fp32"]), "dtypes", DTYPES, "one of fp32, bf16, fp16, or a non-empty list of them"),
@@ -125,7 +132,8 @@ def parse_ablation(data: Any, source: str = "") -> Ablation:
     search = data.get("search")
     if search is not None and not isinstance(search, dict):
         raise ConfigError("search", search, "a mapping (see ablations/search_digits.yaml)")
-    return Ablation(name, str(data.get("description", "")), tuple(points.values()), measure, train, source, search)
+    return Ablation(name, str(data.get("description", "")), tuple(points.values()), measure, train, source, search,
+                    custom)
 
 
 def _expand_variant(variant: Any, prefix: str, backbones: list[dict], inputs: list[tuple], placement: dict) -> list[Point]:
@@ -146,13 +154,13 @@ def _expand_variant(variant: Any, prefix: str, backbones: list[dict], inputs: li
     positions = _position_axis(variant.get("position", placement.get("position")), f"{prefix}position")
     block_sets = _stage_axis(variant.get("blocks", placement.get("blocks")), f"{prefix}blocks")
     only = variant.get("backbones")
-    names = [b["name"] for b in backbones]
+    names = [n for b in backbones for n in (b["name"], *b.get("aliases", ()))]  # a user backbone: also its spec
     if only is not None and (not isinstance(only, list) or any(b not in names for b in only)):
         raise ConfigError(f"{prefix}backbones", only, "a list of backbones from this file: " + ", ".join(names))
 
     points = []
     for backbone in backbones:
-        if only is not None and backbone["name"] not in only:
+        if only is not None and not {backbone["name"], *backbone.get("aliases", ())} & set(only):
             continue
         for combo in itertools.product(*axes.values()):
             for extra in explicit:
@@ -167,20 +175,36 @@ def _expand_variant(variant: Any, prefix: str, backbones: list[dict], inputs: li
     return points
 
 
-def _backbones(value: Any, defaults: dict[str, Any]) -> list[dict[str, Any]]:
+def _backbones(value: Any, defaults: dict[str, Any], folder: str | None,
+               file_sets_classes: bool) -> tuple[list[dict[str, Any]], tuple[CustomBackbone, ...]]:
+    """The file's backbones as {name, input_size, num_classes, prefix}, and the user backbones among them.
+
+    A user backbone (`factory:`, `torchvision:NAME`, `timm:NAME`) is built on the meta device, its
+    slots found and checked, and registered now (attnbench.backbones.custom); its module is
+    imported from sys.path, the file's folder and the current directory. Its num_classes is the
+    file's where it sets one, else the width of the model's own output.
+    """
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value:
         raise ConfigError("backbones", value, "a non-empty list of backbone names or {name, input_size, num_classes}")
     result = []
+    custom: dict[str, CustomBackbone] = {}
     for index, item in enumerate(value):
         prefix = f"backbones[{index}]."
+        if is_custom_item(item):
+            classes = defaults["num_classes"] if file_sets_classes else None
+            backbone = parse_backbone_item(item, prefix, folder, defaults["input_size"], classes)
+            custom.setdefault(backbone.name, backbone)
+            result.append({"name": backbone.name, "input_size": item.get("input_size", defaults["input_size"]),
+                           "num_classes": backbone.num_classes, "prefix": prefix, "aliases": (backbone.spec,)})
+            continue
         item = {"name": item} if isinstance(item, str) else item
         if not isinstance(item, dict) or "name" not in item:
             raise ConfigError(prefix.rstrip("."), item, "a backbone name or a mapping with `name`")
         check_keys(item, BACKBONE_KEYS, prefix)
         result.append({**defaults, **item, "prefix": prefix})
-    return result
+    return result, tuple(custom.values())
 
 
 def _stage_axis(value: Any, key: str) -> list[Any]:

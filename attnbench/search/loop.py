@@ -9,7 +9,6 @@ documented race), so a study can end up to workers - 1 trials over.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 import warnings
@@ -22,7 +21,8 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from attnbench.errors import ConfigError
-from attnbench.run.runner import EpochCallback, RunOptions, run_point
+from attnbench.run.measurements import EpochCallback
+from attnbench.run.runner import RunOptions, run_point
 from attnbench.search.objectives import metric_value, pruning_callback, set_constraints
 from attnbench.search.samplers import make_pruner, make_sampler
 from attnbench.search.setup import SearchSetup
@@ -123,7 +123,7 @@ def _search_here(setup: SearchSetup, storage: str, options: RunOptions, target: 
     started = time.perf_counter()
     study = open_search_study(setup, storage, None if setup.seed is None else setup.seed + worker)
     if not setup.needs_training:
-        options = dataclasses.replace(options, train=None)  # no objective needs accuracy: do not train for it
+        options = options.without("training")  # no objective needs accuracy: do not train for it
     retry = retry_callback()
     counts: Counter[str] = Counter()
     bar = tqdm(total=target, desc=setup.study, unit="trial", disable=not progress or worker > 0, dynamic_ncols=True)

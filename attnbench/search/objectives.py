@@ -19,29 +19,44 @@ import optuna
 
 from attnbench.errors import ConfigError
 from attnbench.hparams import as_float
+from attnbench.run.columns import Column
+from attnbench.run.measurements import complexity, latency, memory, training
 
 
 @dataclass(frozen=True)
 class Metric:
-    """A number a search can optimise or budget: its column in the result row and which way is better."""
+    """A number a search can optimise or budget: a declared result column, under the name a search file uses."""
 
     name: str
-    column: str
-    direction: str  # "minimize" or "maximize"
+    source: Column
     label: str  # for tables and plot axes
-    needs_training: bool = False
-    needs: str | None = None  # the measure: option that produces it
+    needs: str | None = None  # the measurement that produces it, where it is not always on
+
+    @property
+    def column(self) -> str:
+        """Its key in a result row."""
+        return self.source.key
+
+    @property
+    def direction(self) -> str:
+        """Optuna's direction: "minimize" or "maximize"."""
+        return "maximize" if self.source.better == "higher" else "minimize"
+
+    @property
+    def needs_training(self) -> bool:
+        """Whether the metric comes from training."""
+        return self.needs == "training"
 
 
 METRICS = {m.name: m for m in (
-    Metric("accuracy", "top1_mean", "maximize", "val top-1 (%, mean over seeds)", needs_training=True),
-    Metric("macs", "macs", "minimize", "MACs"),
-    Metric("flops", "flops", "minimize", "FLOPs"),
-    Metric("params", "params", "minimize", "parameters"),
-    Metric("attention_params", "attention_params", "minimize", "attention parameters"),
-    Metric("latency", "latency_median_ms", "minimize", "latency (ms, median)", needs="latency"),
-    Metric("memory", "memory_inference_peak_bytes", "minimize", "inference peak memory (bytes)", needs="memory"),
-    Metric("train_memory", "memory_train_peak_bytes", "minimize", "training step peak memory (bytes)", needs="memory"),
+    Metric("accuracy", training.TOP1, "val top-1 (%, mean over seeds)", needs="training"),
+    Metric("macs", complexity.MACS, "MACs"),
+    Metric("flops", complexity.FLOPS, "FLOPs"),
+    Metric("params", complexity.PARAMS, "parameters"),
+    Metric("attention_params", complexity.ATTENTION_PARAMS, "attention parameters"),
+    Metric("latency", latency.LATENCY, "latency (ms, median)", needs="latency"),
+    Metric("memory", memory.INFERENCE_PEAK, "inference peak memory (bytes)", needs="memory"),
+    Metric("train_memory", memory.TRAIN_PEAK, "training step peak memory (bytes)", needs="memory"),
 )}
 
 def parse_objectives(value: Any, key: str = "search.objectives") -> tuple[Metric, ...]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from attnbench.config.ablation import Ablation
 from attnbench.core.paths import check_study_name
 from attnbench.errors import ConfigError, check_keys
-from attnbench.config.settings import parse_measure
+from attnbench.run.runner import parse_options
 from attnbench.search.objectives import METRICS, Metric, parse_budgets, parse_objectives
 from attnbench.search.samplers import Algorithm, parse_pruner, parse_sampler
 from attnbench.search.space import Base, SearchSpace, parse_space
@@ -44,6 +44,7 @@ class SearchSetup:
     pruner: Algorithm
     trials: int
     seed: int | None
+    custom_backbones: tuple = ()  # the ablation's user backbones: unpickled in a --workers child, they register there
 
     @property
     def directions(self) -> list[str]:
@@ -84,14 +85,14 @@ def parse_search(ablation: Ablation) -> SearchSetup:
         study=study, space=parse_space(section, base), objectives=objectives,
         budgets=budgets, sampler=parse_sampler(section.get("sampler"), objectives),
         pruner=parse_pruner(section.get("pruner"), objectives), trials=trials, seed=seed,
+        custom_backbones=ablation.custom_backbones,
     )
 
 
 def _check_measured(ablation: Ablation, objectives: tuple[Metric, ...], budgets: dict[str, float]) -> None:
     """Latency and memory objectives or budgets need the file's `measure:` section to switch them on."""
-    measure = parse_measure(ablation.measure)
-    measured = {"latency": measure.latency is not None, "memory": measure.memory}
+    options = parse_options(ablation.measure, None)
     wanted = [("search.objectives", m) for m in objectives] + [(f"search.budgets.{n}", METRICS[n]) for n in budgets]
     for key, metric in wanted:
-        if metric.needs is not None and not measured[metric.needs]:
+        if metric.needs is not None and metric.needs != "training" and not options.enabled(metric.needs):
             raise ConfigError(key, metric.name, f"a metric the runs measure: add `measure: {{{metric.needs}: true}}`")
