@@ -88,51 +88,79 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     return SimpleNamespace(results=results, storage=storage, rows=rows, frame=frame)
 
 
+def tables(tex: str) -> list[str]:
+    """The table floats of a generated .tex, in order."""
+    return tex.split(r"\begin{table}")[1:]
+
+
 def tabular_rows(tex: str) -> list[str]:
-    """The table's rows: the lines ending in \\\\ between \\toprule and \\bottomrule."""
-    body = tex[tex.index(r"\toprule"):tex.index(r"\bottomrule")]
-    return [line for line in body.splitlines() if line.endswith(r"\\")]
+    """The tables' rows: the lines ending in \\\\ between each \\toprule and \\bottomrule."""
+    rows = []
+    for table in tables(tex):
+        body = table[table.index(r"\toprule"):table.index(r"\bottomrule")]
+        rows += [line for line in body.splitlines() if line.endswith(r"\\")]
+    return rows
 
 
 def check_tabular(tex: str) -> None:
-    """Structure a LaTeX run would choke on: rules, braces, and the same column count on every row."""
-    assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule")
+    """Structure a LaTeX run would choke on: rules, braces, and the same column count on every row of every table."""
+    if not tables(tex):
+        assert "(no completed points)" in tex
+        return
+    for table in tables(tex):
+        assert table.index(r"\toprule") < table.index(r"\midrule") < table.index(r"\bottomrule")
+        assert r"\caption{" in table and r"\label{tab:" in table and r"{\footnotesize " in table  # stub and legend
     code = re.sub(r"\\[{}&%$#_]", "", "\n".join(l for l in tex.splitlines() if not l.startswith("%")))
     depth = 0
     for ch in code:
         depth += {"{": 1, "}": -1}.get(ch, 0)
         assert depth >= 0
     assert depth == 0
-    spec = re.search(r"\\begin\{tabular\}\{([lrc]+)\}", tex).group(1)
-    for row in tabular_rows(tex):
-        assert len(re.split(r"(?<!\\)&", row)) == len(spec), row
+    for table in tables(tex):
+        spec = re.search(r"\\begin\{tabular\}\{([lrc]+)\}", table).group(1)
+        for row in tabular_rows(r"\begin{table}" + table):
+            spans = [int(m.group(1)) if (m := re.match(r"\s*\\multicolumn\{(\d+)\}", cell)) else 1
+                     for cell in re.split(r"(?<!\\)&", row)]
+            assert sum(spans) == len(spec), row
 
 
 def cells(tex: str, variant: str, group: int = 0) -> list[str]:
-    """The cells of the row for `variant` in the group-th backbone group."""
-    groups = tex[tex.index(r"\midrule"):tex.index(r"\bottomrule")].split(r"\midrule")[1:]
-    for row in groups[group].splitlines():
+    """The cells of the row for `variant` in the group-th backbone's table."""
+    for row in tabular_rows(r"\begin{table}" + tables(tex)[group]):
         parts = [p.strip() for p in re.split(r"(?<!\\)&", row.removesuffix(r"\\"))]
-        if len(parts) > 1 and parts[1] == variant:
+        if parts[0] == variant:
             return parts
     raise AssertionError(f"{variant} not in group {group}")
+
+
+def stacked(value: str, change: str) -> str:
+    """A cell with its change under the value, as tables with four metric columns print it."""
+    return r"\begin{tabular}[t]{@{}r@{}}" + value + r" \\ {\scriptsize" + change + r"}\end{tabular}"
 
 
 def test_latex_table_cells_bold_best_and_deltas(store: SimpleNamespace) -> None:
     tex = latex_table(store.frame, "paper")
     check_tabular(tex)
-    assert tabular_rows(tex)[0] == r"Backbone & Module & Params (M) & MACs (G) & Latency (ms) & Top-1 (\%) \\"
-    assert len(tabular_rows(tex)) == 1 + len(store.frame)  # header + one row per variant
-    assert cells(tex, "none (baseline)") == [
-        "ResNet-18 (CIFAR)", "none (baseline)", r"\textbf{11.00}", r"\textbf{0.500}", r"\textbf{2.00}$\pm$0.10", "90.00$\\pm$0.30"]
+    assert len(tables(tex)) == 2  # one float per backbone, the backbone in its caption
+    assert r"\caption{Study \texttt{paper}: ResNet-18 (CIFAR).}" in tex and r"\label{tab:paper-resnet-50}" in tex
+    assert tabular_rows(tex)[0] == r"Module & Params (M) & MACs (G) & Latency (ms) & Top-1 (\%) \\"
+    assert len(tabular_rows(tex)) == 2 + len(store.frame)  # a header per table + one row per variant
+    assert cells(tex, "none (baseline)") == [  # the baseline's counts are the smallest, never "best"
+        "none (baseline)", "11.00", "0.500", "2.00$\\pm$0.10", "90.00$\\pm$0.30"]
     assert cells(tex, "se(reduction=8)") == [
-        "", "se(reduction=8)", r"11.10 {\scriptsize($+100$K)}", r"0.500 {\scriptsize($+50$K)}",
-        r"2.05$\pm$0.10 {\scriptsize($+2.5$\%)}", r"\textbf{91.25}$\pm$0.30 {\scriptsize($+1.25$)}"]
-    assert cells(tex, r"lka(drop\_dw=true)")[2] == r"11.02 {\scriptsize($+21$K)}"  # underscore escaped
-    assert cells(tex, "eca(kernel\\_size=3)")[2] == r"11.00 {\scriptsize($+24$)}"
+        "se(reduction=8)", stacked("11.10", "($+100$K)"), stacked("0.500", "($+50$K)"),
+        stacked(r"2.05$\pm$0.10", r"($+2.5$\%)"), stacked(r"\textbf{91.25}$\pm$0.30", "($+1.25$)")]
+    assert cells(tex, r"lka(drop\_dw=true)")[1] == stacked("11.02", "($+21$K)")  # underscore escaped
+    assert cells(tex, "eca(kernel\\_size=3)")[1] == stacked("11.00", "($+24$)")
     resnet = cells(tex, "none (baseline)", group=1)
-    assert resnet[:4] == ["ResNet-50", "none (baseline)", r"\textbf{25.56}", r"\textbf{4.089}"]
-    assert tex.count(r"\textbf") == 2 * 4  # one best per column per group: no ties in this data
+    assert resnet[:3] == ["none (baseline)", "25.56", "4.089"]
+    for group in (0, 1):
+        rows = [[p.strip() for p in re.split(r"(?<!\\)&", r)] for r in tabular_rows(r"\begin{table}" + tables(tex)[group])]
+        bold = {(r[0], column) for r in rows[1:] for column, cell in enumerate(r) if r"\textbf" in cell}
+        assert ("se(reduction=8)", 4) in bold  # the most accurate variant
+        latencies = {r[0]: float(re.search(r"(?:textbf\{)?(\d+\.\d+)", r[3]).group(1)) for r in rows[1:] if r[0] != "none (baseline)"}
+        fastest = {name for name, v in latencies.items() if v == min(latencies.values())}
+        assert bold == {("se(reduction=8)", 4)} | {(name, 3) for name in fastest}  # top-1 and latency only
 
 
 def test_latex_table_omits_failures_and_handles_no_optional_columns(store: SimpleNamespace) -> None:
@@ -140,9 +168,11 @@ def test_latex_table_omits_failures_and_handles_no_optional_columns(store: Simpl
     frame.loc[frame["label"] == "eca", "state"] = "FAIL"
     tex = latex_table(frame, "paper")
     check_tabular(tex)
-    assert "2 failed points omitted" in tex and r"\begin{tabular}{llrr}" in tex
-    assert tabular_rows(tex)[0] == r"Backbone & Module & Params (M) & MACs (G) \\"
-    assert len(tabular_rows(tex)) == 1 + 20 - 2
+    assert "2 failed points omitted" in tex and tex.count(r"\begin{tabular}{lrr}") == 2
+    assert tabular_rows(tex)[0] == r"Module & Params (M) & MACs (G) \\"
+    assert len(tabular_rows(tex)) == 2 + 20 - 2
+    assert r"\textbf" not in tex  # nothing is best among counts
+    assert cells(tex, "se(reduction=8)")[1] == r"11.10 {\scriptsize($+100$K)}"  # two metric columns: one line
     check_tabular(latex_table(frame.iloc[0:0], "empty"))
 
 
@@ -154,6 +184,7 @@ def test_latex_table_compiles_in_a_booktabs_document(store: SimpleNamespace, tmp
     run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-2000:]
+    assert "Overfull" not in (tmp_path / "doc.log").read_text(errors="replace")
 
 
 def test_escape_makes_every_special_character_literal() -> None:
@@ -224,6 +255,8 @@ def test_write_report_writes_every_file(tmp_path: Path, with_accuracy: bool) -> 
     report = path.read_text()
     assert path == out / "report.md" and "20 points: 20 completed, 0 failed" in report
     check_tabular((out / "table.tex").read_text())
+    check_tabular((out / "summary.tex").read_text())
+    assert report.index("## Summary: each module at its paper defaults") < report.index("## Comparison")
     assert len(pd.read_csv(out / "points.csv")) == 20  # 2 backbones x (baseline, 3 se, 4 lka, 2 eca)
     for stem in ("pareto", "ablation_se_reduction", "ablation_se_position", "ablation_lka_kernel_size", "ablation_eca_kernel_size"):
         check_png(out / f"{stem}.png")

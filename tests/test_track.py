@@ -272,3 +272,100 @@ def test_a_failing_refresh_never_stops_the_grid(tmp_path: Path, monkeypatch: pyt
     assert (summary.completed, summary.failed) == (3, 1)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "OSError: disk I/O error" in err[0]
+
+
+WANDB_VARIABLES = ("WANDB_DIR", "WANDB_MODE", "WANDB_DISABLED", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_RUN_GROUP",
+                   "WANDB_RUN_ID", "WANDB_NAME")
+ONE_ROW = [{"label": "none", "attention": "none", "backbone": "b", "input_size": 32, "batch_size": 1, "num_classes": 10,
+            "params": 1}]
+
+
+@pytest.fixture
+def fake_wandb(monkeypatch: pytest.MonkeyPatch) -> list[FakeRun]:
+    """wandb.init and wandb.Table replaced by recorders, and no WANDB_* variable set: the runs started, in order."""
+    import wandb
+
+    for name in WANDB_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    runs: list[FakeRun] = []
+    monkeypatch.setattr(wandb, "init", lambda **kw: runs.append(FakeRun(**kw)) or runs[-1])
+    monkeypatch.setattr(wandb, "Table", lambda columns, data, allow_mixed_types: (columns, data))
+    return runs
+
+
+def test_without_wandb_variables_runs_stay_offline_under_results(fake_wandb: list[FakeRun], tmp_path: Path) -> None:
+    tracker = StudyTracker("study", default_mode(), tmp_path / "results", refresh_s=0)
+    tracker.log_points(ONE_ROW)
+    tracker.log_training_curve("none", [{"epoch": 1, "val_top1": 10.0}])
+    assert tracker.finish().startswith(f"W&B offline run in {tmp_path / 'results' / 'run'}")
+    for run in fake_wandb:
+        assert run.kwargs["dir"] == str(tmp_path / "results") and run.kwargs["settings"].mode == "offline"
+        assert (run.kwargs["project"], run.kwargs["group"]) == ("attnbench", "study")
+        assert "entity" not in run.kwargs and "id" not in run.kwargs  # wandb's own defaults
+    assert [r.kwargs["job_type"] for r in fake_wandb] == ["grid", "train"]
+
+
+def test_wandb_variables_choose_where_runs_go_and_are_filed(fake_wandb: list[FakeRun], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    elsewhere = tmp_path / "elsewhere" / "runs"  # not there yet: made before wandb starts
+    monkeypatch.setenv("WANDB_DIR", str(elsewhere))
+    monkeypatch.setenv("WANDB_PROJECT", "my-project")
+    monkeypatch.setenv("WANDB_ENTITY", "my-lab")
+    monkeypatch.setenv("WANDB_RUN_GROUP", "ablation-7")
+    monkeypatch.setenv("WANDB_MODE", "online")
+    tracker = StudyTracker("study", default_mode(), tmp_path / "results", refresh_s=0)
+    tracker.log_points(ONE_ROW)
+    tracker.log_training_curve("none", [{"epoch": 1, "val_top1": 10.0}])
+    tracker.finish()
+    assert elsewhere.is_dir() and not (tmp_path / "results").exists()
+    for run in fake_wandb:
+        assert run.kwargs["dir"] == str(elsewhere) and run.kwargs["settings"].mode == "online"
+        assert (run.kwargs["project"], run.kwargs["entity"], run.kwargs["group"]) == ("my-project", "my-lab", "ablation-7")
+
+
+def test_an_explicit_mode_wins_over_wandb_mode(fake_wandb: list[FakeRun], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "online")
+    tracker = StudyTracker("study", "offline", tmp_path, refresh_s=0)  # what --wandb offline passes
+    tracker.log_points(ONE_ROW)
+    assert fake_wandb[0].kwargs["settings"].mode == "offline"
+
+
+def test_a_wandb_run_id_is_not_shared_by_the_harness_runs(fake_wandb: list[FakeRun], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_RUN_ID", "abc123")
+    monkeypatch.setenv("WANDB_NAME", "one-name")
+    tracker = StudyTracker("study", "offline", tmp_path, refresh_s=0)
+    tracker.log_points(ONE_ROW)
+    tracker.log_training_curve("se seed 0", [{"epoch": 1, "val_top1": 10.0}])
+    tracker.log_training_curve("se seed 1", [{"epoch": 1, "val_top1": 11.0}])
+    ids = [run.kwargs["id"] for run in fake_wandb]
+    assert len(set(ids)) == 3 and "abc123" not in ids
+    assert [run.kwargs["name"] for run in fake_wandb] == ["study", "se seed 0", "se seed 1"]
+
+
+@pytest.mark.parametrize("variables,mode", [
+    ({}, "offline"), ({"WANDB_MODE": "online"}, "online"), ({"WANDB_MODE": "run"}, "online"),
+    ({"WANDB_MODE": "dryrun"}, "offline"), ({"WANDB_MODE": "bogus"}, "offline"),
+    ({"WANDB_DISABLED": "true"}, "disabled"), ({"WANDB_DISABLED": "true", "WANDB_MODE": "online"}, "disabled"),
+    ({"WANDB_DISABLED": "false", "WANDB_MODE": "online"}, "online"),
+])
+def test_default_mode_follows_the_standard_variables(variables: dict[str, str], mode: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in WANDB_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    assert default_mode() == mode
+
+
+def test_a_real_offline_run_lands_under_wandb_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in WANDB_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-home"))
+    tracker = StudyTracker("study", "offline", tmp_path / "results", refresh_s=0)
+    tracker.log_points(ONE_ROW)
+    where = tracker.finish()
+    (run,) = list((tmp_path / "wandb-home" / "wandb").glob("offline-run-*"))
+    assert where == f"W&B offline run in {run}; upload with: wandb sync {run}"
+    assert list(run.glob("files/media/table/points_*.table.json")) and not (tmp_path / "results" / "wandb").exists()

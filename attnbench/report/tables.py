@@ -16,6 +16,7 @@ import pandas as pd
 
 from attnbench.errors import ConfigError
 from attnbench.report.common import GROUP, GROUP_DEFAULTS
+from attnbench.report.significance import add_top1_tests, interval_text, latency_change, p_text
 
 # the batch each measurement was actually taken at, where an out-of-memory retry may have halved it
 BATCH_USED = {"latency_median_ms": "batch_size_used", "memory_train_peak_bytes": "memory_batch_size_used"}
@@ -50,7 +51,7 @@ def points_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         frame[f"delta_{column}_pct"] = 100.0 * frame[f"delta_{column}"] / base
     if notes.str.len().any():
         frame["delta_note"] = notes.str.rstrip("; ")
-    return frame
+    return add_top1_tests(frame, GROUP)
 
 
 def _signed(value: float, digits: int) -> str:
@@ -91,6 +92,12 @@ def comparison_table(frame: pd.DataFrame) -> pd.DataFrame:
         iqr = frame["latency_iqr_ms"] if "latency_iqr_ms" in frame else pd.Series(float("nan"), index=frame.index)
         table["latency (ms)"] = [_spread(m, i) for m, i in zip(frame["latency_median_ms"], iqr)]
         table["Δlatency %"] = frame["delta_latency_median_ms_pct"].map(lambda v: _signed(v, 1))
+        changes = [latency_change(row) for _, row in frame.iterrows()]
+        if any(changes):
+            # the paired timing's change and interval; * where the interval excludes zero
+            table["Δlatency % (paired, 95 % CI)"] = [
+                "" if c is None else f"{c.value:+.1f}{'' if c.includes_zero() else '*'} {interval_text(c.low, c.high, 1)}"
+                for c in changes]
         if "throughput_ips" in frame:
             table["images/s"] = frame["throughput_ips"].map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
     if "attention_latency_ms" in frame:
@@ -102,6 +109,13 @@ def comparison_table(frame: pd.DataFrame) -> pd.DataFrame:
         std = frame["top1_std"] if "top1_std" in frame else pd.Series(float("nan"), index=frame.index)
         table["top-1 (%)"] = [_spread(m, s, "±") for m, s in zip(frame["top1_mean"], std)]
         table["Δtop-1"] = frame["delta_top1_mean"].map(lambda v: _signed(v, 2))
+        if "delta_top1_test" in frame and frame["delta_top1_test"].astype(bool).any():
+            # * on the change where the test finds it significant at 0.05, as in the LaTeX
+            table["Δtop-1"] += frame["delta_top1_significant"].map(lambda s: "*" if s is True else "")
+            table["Δtop-1 95 % CI"] = [interval_text(low, high, 2)
+                                       for low, high in zip(frame["delta_top1_ci_low"], frame["delta_top1_ci_high"])]
+            table["test"] = [f"{p_text(p)} ({t})" if t else ""
+                             for p, t in zip(frame["delta_top1_p"], frame["delta_top1_test"])]
     if "uncounted_ops" in frame and frame["uncounted_ops"].fillna("").astype(bool).any():
         table["uncounted ops"] = frame["uncounted_ops"].fillna("")
     if "delta_note" in frame and frame["delta_note"].fillna("").astype(bool).any():
@@ -128,22 +142,27 @@ def export_grid(rows: list[dict[str, Any]], out_dir: Path) -> tuple[pd.DataFrame
 UNITS = ("Units: params in millions (M); MACs = multiply-accumulates in billions (G), what most papers call FLOPs; "
          "FLOPs = 2 x MACs + element-wise FLOPs (activations, gates, norms, pools). Deltas are against the `none` "
          "baseline of the same backbone and input.")
+TESTS = ("Δtop-1 is the change of the mean over seeds against the baseline, with its 95 % interval and the two-sided "
+         "t-test that fits the design: paired t by seed where both were trained on the same seeds, Welch's t otherwise; "
+         "`*`: significant at 0.05 (docs/reports.md).")
 
 
 def _markdown_section(title: str, body: str) -> list[str]:
     return [f"## {title}", "", body.rstrip(), ""]
 
 
-def write_report(rows: list[dict[str, Any]], out_dir: Path, study: str, source: str = "") -> Path:
-    """Write points.csv, table.md, table.tex, the plots (PNG and PDF) and report.md for one study; return report.md."""
+def write_report(rows: list[dict[str, Any]], out_dir: Path, study: str, source: str = "", figures: bool = True) -> Path:
+    """Write points.csv, table.md, table.tex, summary.tex, the plots (PNG and PDF, unless not `figures`) and report.md."""
     from attnbench.report.published import published_matches, sources_markdown
     from attnbench.report.latex import latex_table
     from attnbench.report.plots import plot_ablations, plot_pareto
+    from attnbench.report.summary import summary_markdown, summary_tex
 
     frame, table = export_grid(rows, out_dir)
     (out_dir / "table.tex").write_text(latex_table(frame, study))
-    pareto = plot_pareto(frame, out_dir) if not frame.empty else []
-    ablations = plot_ablations(frame, out_dir) if not frame.empty else []
+    (out_dir / "summary.tex").write_text(summary_tex(frame, study))
+    pareto = plot_pareto(frame, out_dir) if figures and not frame.empty else []
+    ablations = plot_ablations(frame, out_dir) if figures and not frame.empty else []
     completed = int((frame["state"] == "COMPLETE").sum()) if not frame.empty else 0
     failed = len(frame) - completed
 
@@ -151,9 +170,14 @@ def write_report(rows: list[dict[str, Any]], out_dir: Path, study: str, source: 
              f"{len(frame)} points: {completed} completed, {failed} failed"
              + (f"; read from {source}" if source else "")
              + f"; written {datetime.datetime.now().isoformat(timespec='seconds')}.", "", UNITS, ""]
+    lines += _markdown_section("Summary: each module at its paper defaults", summary_markdown(frame))
     lines += _markdown_section("Comparison", table.to_markdown(index=False) if not table.empty else "(no points)")
-    lines += ["Files: `points.csv` (every column of every point), `table.md`, `table.tex` (booktabs fragment; "
-              "needs `\\usepackage{booktabs}`), figures as PNG and PDF.", ""]
+    if "delta_top1_test" in frame and frame["delta_top1_test"].astype(bool).any():
+        lines += [TESTS, ""]
+    lines += ["Files: `points.csv` (every column of every point), `table.md`, `table.tex` (one booktabs table per "
+              "backbone, with caption and label stubs), `summary.tex` (the summary above), both needing "
+              "`\\usepackage{booktabs}`; figures as PNG and PDF."
+              + (f" Browse the store with `optuna-dashboard {source}`." if source.startswith("sqlite:") else ""), ""]
     if pareto:
         lines += _markdown_section("Pareto front", f"![Pareto plot]({pareto[0].name})")
     if ablations:

@@ -5,6 +5,12 @@ them, and every W&B call is guarded: the first failure (wandb not importable, no
 bad key) prints one warning line on stderr and turns W&B off for the rest of the tracker, so a
 measurement is never lost or held up. Offline by default: runs go under RESULTS/wandb/ and
 `wandb sync RESULTS/wandb/offline-run-*` uploads them later.
+
+The standard WANDB_* variables are honoured: WANDB_MODE (and WANDB_DISABLED) where no mode is
+given, WANDB_DIR for where runs go, WANDB_PROJECT, WANDB_ENTITY and WANDB_RUN_GROUP for where they
+are filed; WANDB_TAGS, WANDB_NOTES, WANDB_API_KEY, WANDB_BASE_URL are read by wandb itself. The
+harness makes several runs (the points table, one per trained seed), so it names each run itself:
+WANDB_NAME is not used, and a WANDB_RUN_ID meant for one run is not given to all of them.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import os
 import re
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
@@ -51,10 +58,39 @@ def sanitize(value: Any) -> Any:
     return value
 
 
+MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # wandb's older spellings
+TRUE = ("1", "true", "yes", "on")
+
+
 def default_mode() -> str:
-    """W&B mode when none is given: WANDB_MODE when it names one of MODES, else offline."""
-    mode = os.environ.get("WANDB_MODE", "").lower()
+    """W&B mode when none is given: disabled under WANDB_DISABLED, else WANDB_MODE where it names a mode, else offline."""
+    if os.environ.get("WANDB_DISABLED", "").strip().lower() in TRUE:
+        return "disabled"
+    mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    mode = MODE_ALIASES.get(mode, mode)
     return mode if mode in MODES else "offline"
+
+
+def _env(name: str) -> str | None:
+    """A WANDB_* variable's value; None where unset or blank."""
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+def run_root(results_dir: Path) -> Path:
+    """Where wandb writes its `wandb/` folder of runs: WANDB_DIR where set, else the results directory."""
+    return Path(_env("WANDB_DIR") or results_dir).expanduser()
+
+
+def init_arguments(study: str, results_dir: Path) -> dict[str, Any]:
+    """wandb.init's filing arguments: the WANDB_* variables where set, else attnbench's defaults (project attnbench, grouped by study)."""
+    arguments: dict[str, Any] = {"project": _env("WANDB_PROJECT") or PROJECT, "group": _env("WANDB_RUN_GROUP") or study,
+                                 "dir": str(run_root(results_dir))}
+    if entity := _env("WANDB_ENTITY"):
+        arguments["entity"] = entity
+    if _env("WANDB_RUN_ID"):
+        arguments["id"] = uuid.uuid4().hex[:8]  # one id for several runs would make them one run
+    return arguments
 
 
 def _cell(value: Any) -> Any:
@@ -155,10 +191,11 @@ class StudyTracker:
             # The process-wide settings too: wandb's own usage telemetry reads those, not the run's, and
             # would otherwise contact the W&B server from an offline run.
             self._wandb.setup(settings=_settings(self._wandb, self.mode))
-        self.results_dir.mkdir(parents=True, exist_ok=True)
+        arguments = init_arguments(self.study, self.results_dir)
+        Path(arguments["dir"]).mkdir(parents=True, exist_ok=True)
         return self._wandb.init(
-            project=PROJECT, name=name, group=self.study, job_type=job_type, dir=str(self.results_dir),
-            config=sanitize(dict(config)), settings=_settings(self._wandb, self.mode), reinit="create_new",
+            name=name, job_type=job_type, config=sanitize(dict(config)), settings=_settings(self._wandb, self.mode),
+            reinit="create_new", **arguments,
         )
 
     def _log_table(self, rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> None:
