@@ -79,7 +79,7 @@ for _depth, _n in DEPTHS.items():
         conv_stages=(2, 3),
         positions=POSITIONS,
         min_input=4,
-        family="cifar_resnet",
+        family="cifar_resnet_he",  # He et al.'s 3-stage CIFAR ResNets, not the 4-stage cifar_resnet18...
         paper="Deep Residual Learning, arXiv 1512.03385, section 4.2 (CIFAR-10 ResNets, option A shortcuts)",
         default_input=32,
     ))

@@ -256,8 +256,9 @@ for _depth in ARCHS:
                     family="cifar_resnet")
 for _depth in (50, 101, 152):
     register_resnet(f"resnet{_depth}_caffe", _depth, Layout(caffe_pool=True, stride_in_1x1=True),
-                    RESNET_PAPER + "; Caffe layout of the SE and CBAM papers (stride in the first 1x1)")
+                    RESNET_PAPER + "; Caffe layout of the SE and CBAM papers (stride in the first 1x1)", "resnet_caffe")
 register_resnet("resnet50_d", 50, Layout(stem="deep", avg_down=True),
-                "Bag of Tricks, arXiv 1812.01187 (ResNet-D: deep stem, average-pool shortcuts); ResNeSt's base")
+                "Bag of Tricks, arXiv 1812.01187 (ResNet-D: deep stem, average-pool shortcuts); ResNeSt's base", "resnet_d")
 register_resnet("resnext50_32x4d", 50, Layout(groups=32, width_per_group=4),
-                "Aggregated Residual Transformations (ResNeXt), arXiv 1611.05431; torchvision layout; SKNet's base")
+                "Aggregated Residual Transformations (ResNeXt), arXiv 1611.05431; torchvision layout; SKNet's base",
+                "resnext")
