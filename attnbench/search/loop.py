@@ -30,7 +30,7 @@ from attnbench.config.point import Point
 from attnbench.store.storage import ask, open_storage, retry_callback, store_errors
 from attnbench.store.study import attach_point, fail_trial, own_trial, trial_point_key
 from attnbench.store.processes import run_in_workers
-from attnbench.store.workers import DIED, POLL_SECONDS, keep_alive, reap, recover
+from attnbench.store.workers import DIED, POLL_SECONDS, interrupted_here, keep_alive, reap, recover
 
 Run = Callable[[Point, RunOptions, EpochCallback | None], dict[str, Any]]
 OUTCOMES = ("completed", "pruned", "failed", "reused")
@@ -72,6 +72,9 @@ def _check_same_search(study: optuna.Study, setup: SearchSetup) -> None:
         if study.get_trials(deepcopy=False) or [d.name.lower() for d in study.directions] != setup.directions:
             raise ConfigError("search.study", setup.study, "a new name: the storage has a study of that name that is not a search")
         study.set_user_attr("search", mine)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([m.name for m in setup.objectives])  # what a dashboard shows the values as
         return
     if recorded["objectives"] != mine["objectives"]:
         raise ConfigError("search.objectives", mine["objectives"],
@@ -127,18 +130,22 @@ def _search_here(setup: SearchSetup, storage: str, options: RunOptions, target: 
     retry = retry_callback()
     counts: Counter[str] = Counter()
     bar = tqdm(total=target, desc=setup.study, unit="trial", disable=not progress or worker > 0, dynamic_ncols=True)
-    while True:
-        recover(study, on_reaped=retry)
-        finished, running, waiting = tally(study)
-        bar.update(min(finished, target) - bar.n)
-        if finished >= target:
-            break
-        if not waiting and finished + running >= target:
-            time.sleep(poll)  # others run the last trials; stay to run them again if a worker dies
-            continue
-        outcome, retried = _run_trial(study, setup, functools.partial(run, options=options))
-        counts[outcome] += 1
-        counts["retried"] += retried
+    try:
+        while True:
+            recover(study, on_reaped=retry)
+            finished, running, waiting = tally(study)
+            bar.update(min(finished, target) - bar.n)
+            if finished >= target:
+                break
+            if not waiting and finished + running >= target:
+                time.sleep(poll)  # others run the last trials; stay to run them again if a worker dies
+                continue
+            outcome, retried = _run_trial(study, setup, functools.partial(run, options=options))
+            counts[outcome] += 1
+            counts["retried"] += retried
+    except KeyboardInterrupt as interruption:  # also a trial asked for a moment ago, its evaluation not yet begun
+        interrupted_here(study, interruption)
+        raise
     bar.close()
     return SearchSummary(setup.study, sum(counts[o] for o in OUTCOMES), *(counts[o] for o in OUTCOMES),
                          counts["retried"], finished, time.perf_counter() - started)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -17,9 +18,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from attnbench.errors import ConfigError
 from attnbench.config.point import Point
+from attnbench.run.measurements.complexity import MACS, PARAMS
+from attnbench.run.measurements.latency import LATENCY
+from attnbench.run.measurements.training import TOP1
 from attnbench.store.owners import OWNER, owner_record
 from attnbench.store.storage import ask, open_storage, store_errors
 
+HEADLINE = (PARAMS, MACS, LATENCY, TOP1)  # also stored as user attributes of their own
 OPENED = "last_opened"  # study attribute a writing run sets first: the proof that the store takes writes
 DEFAULT_RESULTS = Path("results")
 DEFAULT_DB = "attnbench.db"
@@ -42,6 +47,10 @@ def open_study(name: str, storage: str, *, for_writing: bool = False) -> optuna.
                                     direction="minimize")
         if for_writing:
             study.set_user_attr(OPENED, time.time())
+            if study.metric_names is None and "search" not in study.user_attrs:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names([MACS.key])  # a grid's one value: what it is, for the dashboard
     return study
 
 
@@ -93,9 +102,16 @@ def attach_point(trial: optuna.Trial, point: Point) -> None:
 
 
 def finish_trial(study: optuna.Study, trial: optuna.Trial, result: dict[str, Any]) -> None:
-    """Record measurements and complete the trial (nominal objective: MACs)."""
+    """Record the measurements (and the headline ones on their own, for optuna-dashboard) and complete the trial.
+
+    Optuna needs a value to complete a trial: a grid's study records the point's MACs under the
+    metric name "macs" (set by `open_study`), so a dashboard's "best trial" says what it is.
+    """
     trial.set_user_attr("result", result)
-    study.tell(trial, float(result.get("macs", 0.0)))
+    for column in HEADLINE:  # the dashboard cuts long attributes at 1,024 characters; these stay whole and sortable
+        if result.get(column.key) is not None:
+            trial.set_user_attr(column.key, result[column.key])
+    study.tell(trial, float(result.get(MACS.key, 0.0)))
 
 
 def fail_trial(study: optuna.Study, trial: optuna.Trial, error: BaseException | str) -> None:

@@ -25,6 +25,7 @@ TOP1_STD = column("top1_std", "top-1 std (%)", "%")
 TOP1 = column("top1_mean", "Top-1 (%)", "%", "higher", "pp", latex=r"Top-1 (\%)", spread=TOP1_STD.key)
 TOP1_CI = column("top1_ci95", "top-1 95% half-width (%)", "%")
 TOP1_SEEDS = column("top1_seeds", "top-1 per seed (%)", "%")
+TRAIN_SEEDS = column("train_seeds", "seeds trained", "seed values")  # in top1_seeds' order: pairs runs by seed
 TOP5 = column("top5_mean", "Top-5 (%)", "%", "higher", "pp")
 SEEDS = column("seeds", "seeds", "count")
 EPOCHS = column("epochs", "epochs", "count")
@@ -55,7 +56,7 @@ class Training(Measurement):
     name = "training"
     section = "train"
     order = 90
-    columns: ClassVar[tuple[Column, ...]] = (TOP1, TOP1_STD, TOP1_CI, TOP1_SEEDS, TOP5, SEEDS, EPOCHS, TRAIN_SECONDS,
+    columns: ClassVar[tuple[Column, ...]] = (TOP1, TOP1_STD, TOP1_CI, TOP1_SEEDS, TRAIN_SEEDS, TOP5, SEEDS, EPOCHS, TRAIN_SECONDS,
                                              TRAIN_THROUGHPUT, CURVES)
 
     def parse(self, value: Any, key: str) -> TrainSettings | None:
@@ -113,7 +114,8 @@ class Training(Measurement):
         summary = summarize(top1)
         row = {
             TOP1.key: summary.mean, TOP1_STD.key: summary.std, TOP1_CI.key: (summary.ci_high - summary.ci_low) / 2,
-            TOP1_SEEDS.key: top1, SEEDS.key: len(top1), EPOCHS.key: settings.config.epochs,
+            TOP1_SEEDS.key: top1, TRAIN_SEEDS.key: list(settings.seeds), SEEDS.key: len(top1),
+            EPOCHS.key: settings.config.epochs,
             TRAIN_SECONDS.key: seconds, TRAIN_THROUGHPUT.key: images_per_s / len(settings.seeds), CURVES.key: curves,
         }
         if top5:
