@@ -23,6 +23,7 @@ from attnbench.errors import ConfigError
 from attnbench.measure.complexity import measure_complexity
 from attnbench.modules import get_module_entry, module_names
 from attnbench.modules.slots import attention_slots
+from attnbench.run.measurements import build_point_model
 from attnbench.search.space import Base, parse_space
 
 
@@ -71,8 +72,8 @@ def test_module_in_backbone_builds_runs_backward_and_counts(module: str, backbon
     if not _accepted(module, backbone):
         pytest.skip(f"{module} refuses {backbone} at validation (a ConfigError, checked by the next test)")
     size = small_input(backbone)
-    with torch.device("meta"):
-        model = build_model(backbone, module, num_classes=10, input_size=size)
+    with torch.device("meta"):  # built from a point, as a grid builds it: every resolved hyperparameter passed
+        model = build_point_model(make_point(backbone, module, input_size=size, num_classes=10))
     model = model.to_empty(device="cpu")  # memory without initialisation: counts and shapes need no values
     placed = _placed(model)
     assert placed, "the module went into at least one slot"
@@ -93,8 +94,7 @@ def test_module_in_backbone_builds_runs_backward_and_counts(module: str, backbon
 def test_every_module_trains_to_finite_values_in_its_cheapest_backbone(module: str) -> None:
     backbone = min((b for m, b in _pairs() if m == module and _accepted(m, b)), key=_params)
     size = small_input(backbone)
-    torch.manual_seed(0)
-    model = build_model(backbone, module, num_classes=10, input_size=size).train()
+    model = build_point_model(make_point(backbone, module, input_size=size, num_classes=10)).train()
     out = model(torch.randn(2, 3, size, size))
     assert torch.isfinite(out).all()
     out.square().mean().backward()

@@ -15,7 +15,7 @@ leaves the padding out of the mean, as ceil_mode does here). The block then appl
 
 Where the paper is silent the code decides: q is scaled by d^-1/2 before both products (pinned). Init is the gist's: q, k, v weights normal std 0.01; the
 position embeddings normal with MEAN d^-1/2 and std 1, TF1's default stddev (the gist's comment:
-its stddev argument went to the mean, "providing code as is"). `position="absolute"` follows the
+its stddev argument went to the mean, "providing code as is"). `encoding="absolute"` follows the
 gist's commented-out absolute_logits: embeddings (H, d) and (W, d), summed per key position.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from attnbench.errors import ConfigError
 from attnbench.hparams import Bool, Choice, Int
 from attnbench.modules.registry import Placement, register_module
 
-POSITIONS = ("relative", "absolute", "none")
+ENCODINGS = ("relative", "absolute", "none")
 
 
 def rel_to_abs(x: Tensor) -> Tensor:
@@ -44,8 +44,8 @@ def rel_to_abs(x: Tensor) -> Tensor:
 def _check(out_channels: int, hp: dict[str, Any]) -> None:
     if out_channels % hp["heads"]:
         raise ConfigError("heads", hp["heads"], f"a divisor of the {out_channels} output channels")
-    if not hp["content"] and hp["position"] == "none":
-        raise ConfigError("content", False, "true when position is none (no logits would be left)")
+    if not hp["content"] and hp["encoding"] == "none":
+        raise ConfigError("content", False, "true when encoding is none (no logits would be left)")
 
 
 def _check_channels(channels: int, hp: dict[str, Any]) -> None:
@@ -59,7 +59,7 @@ def _check_channels(channels: int, hp: dict[str, Any]) -> None:
     code="aravindsrinivas/56359b79f0ce4449bcb04ab4b56a57a2 (TensorFlow gist)",
     params={
         "heads": Int(4, low=1, high=64, help="attention heads; each has d = out_channels // heads"),
-        "position": Choice("relative", choices=POSITIONS, help="content-position logits: 2-D relative (paper), absolute, or none"),
+        "encoding": Choice("relative", choices=ENCODINGS, help="content-position logits: 2-D relative (paper), absolute, or none"),
         "content": Bool(True, help="content-content logits q k^T; false: content-position only (the paper's ablation)"),
     },
     check_channels=_check_channels,
@@ -74,29 +74,29 @@ class MultiHeadSelfAttention(nn.Module):
         out_channels: int | None = None,
         stride: int = 1,
         heads: int = 4,
-        position: str = "relative",
+        encoding: str = "relative",
         content: bool = True,
         feature_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         out_channels = channels if out_channels is None else out_channels
-        _check(out_channels, {"heads": heads, "position": position, "content": content})
+        _check(out_channels, {"heads": heads, "encoding": encoding, "content": content})
         if feature_size is None:
             raise ConfigError("feature_size", None, "the (H, W) of the input map, which sizes the position embeddings")
         if stride not in (1, 2):
             raise ConfigError("stride", stride, "1 or 2 (BoT_Block pools 2x2 after the attention)")
         self.out_channels, self.stride, self.heads = out_channels, stride, heads
-        self.position, self.content = position, content
+        self.encoding, self.content = encoding, content
         self.feature_size = (int(feature_size[0]), int(feature_size[1]))
         height, width = self.feature_size
         dim = out_channels // heads
         self.qkv = nn.Conv2d(channels, 3 * out_channels, 1, bias=False)
         nn.init.normal_(self.qkv.weight, std=0.01)  # group_pointwise's initializer
         self.rel_height = self.rel_width = self.abs_height = self.abs_width = None
-        if position == "relative":
+        if encoding == "relative":
             self.rel_height = nn.Parameter(torch.empty(2 * height - 1, dim))
             self.rel_width = nn.Parameter(torch.empty(2 * width - 1, dim))
-        elif position == "absolute":
+        elif encoding == "absolute":
             self.abs_height = nn.Parameter(torch.empty(height, dim))
             self.abs_width = nn.Parameter(torch.empty(width, dim))
         for embedding in (self.rel_height, self.rel_width, self.abs_height, self.abs_width):
@@ -105,7 +105,7 @@ class MultiHeadSelfAttention(nn.Module):
 
     def _position_logits(self, q: Tensor) -> Tensor:
         """(N, heads, H, W, H, W) content-position logits of q (N, heads, H, W, d)."""
-        if self.position == "absolute":
+        if self.encoding == "absolute":
             embedding = self.abs_height[:, None, :] + self.abs_width[None, :, :]
             return torch.einsum("nhxyd,pqd->nhxypq", q, embedding)
         rel_w = rel_to_abs(torch.einsum("nhxyd,md->nhxym", q, self.rel_width))  # (N, h, H, W, W): [x, y, q]
@@ -124,7 +124,7 @@ class MultiHeadSelfAttention(nn.Module):
         logits = None
         if self.content:
             logits = torch.einsum("nhdi,nhdj->nhij", q, k)
-        if self.position != "none":
+        if self.encoding != "none":
             q_map = q.transpose(2, 3).reshape(n, self.heads, height, width, dim)
             positional = self._position_logits(q_map).reshape(n, self.heads, height * width, height * width)
             logits = positional if logits is None else logits + positional
@@ -137,5 +137,5 @@ class MultiHeadSelfAttention(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"out_channels={self.out_channels}, stride={self.stride}, heads={self.heads}, "
-            f"position={self.position!r}, content={self.content}, feature_size={self.feature_size}"
+            f"encoding={self.encoding!r}, content={self.content}, feature_size={self.feature_size}"
         )

@@ -16,6 +16,9 @@ ModuleKind = Literal["gate", "conv"]
 ChannelCheck = Callable[[int, dict[str, Any]], None]
 ConvCheck = Callable[[int, int, int, dict[str, Any]], None]  # (in channels, out channels, stride, hp) of a replaced conv
 STAGE_RULES = ("all", "all_but_last", "last")
+# keywords of build_model and of the sites, which no hyperparameter may be named after
+RESERVED = frozenset({"backbone", "attention", "channels", "stages", "position", "blocks", "num_classes", "input_size",
+                      "out_channels", "stride", "feature_size", "hyperparameters"})
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,9 @@ def register_module(
     def add(cls: type[nn.Module]) -> type[nn.Module]:
         if name in _REGISTRY:
             raise RuntimeError(f"attention module {name!r} registered twice")
+        reserved = sorted(set(params or {}) & RESERVED)
+        if reserved:  # they would collide with build_model's and the slots' own keywords
+            raise RuntimeError(f"attention module {name!r}: hyperparameter names {reserved} are reserved")
         _REGISTRY[name] = ModuleEntry(name, cls, kind, Schema(dict(params or {})), paper, check_channels, code,
                                       placement, includes_norm, check_conv)
         return cls

@@ -67,7 +67,7 @@ def _reference(module: MultiHeadSelfAttention, x: torch.Tensor, heads: int, posi
     (4, 4, (3, 2), 2, 1, "relative", False),  # q r^T alone: the gist scales q first, so this term too
 ])
 def test_matches_logits_written_out(cin, cout, size, heads, stride, position, content):
-    module = _build(cin, cout, stride, size, heads=heads, position=position, content=content).double().eval()
+    module = _build(cin, cout, stride, size, heads=heads, encoding=position, content=content).double().eval()
     _randomise(module)
     x = torch.randn(2, cin, *size, dtype=torch.float64)
     expected = _reference(module, x, heads, position, content, stride)
@@ -97,7 +97,7 @@ def test_parameter_count_of_the_reference_code(channels, size, expected):
 def test_paper_defaults():
     entry = get_module_entry("mhsa")
     assert entry.kind == "conv"
-    assert entry.schema.defaults() == {"heads": 4, "position": "relative", "content": True}
+    assert entry.schema.defaults() == {"heads": 4, "encoding": "relative", "content": True}
 
 
 def test_reference_code_layout_and_init():
@@ -113,10 +113,10 @@ def test_reference_code_layout_and_init():
 
 
 def test_position_modes_own_their_embeddings():
-    assert _build(8, position="none").rel_height is None
-    absolute = _build(8, size=(3, 5), position="absolute")
+    assert _build(8, encoding="none").rel_height is None
+    absolute = _build(8, size=(3, 5), encoding="absolute")
     assert absolute.rel_height is None and absolute.abs_height.shape == (3, 2) and absolute.abs_width.shape == (5, 2)
-    assert n_params(_build(8, position="none")) == 3 * 8 * 8
+    assert n_params(_build(8, encoding="none")) == 3 * 8 * 8
 
 
 def test_refuses_another_input_size():
@@ -136,8 +136,8 @@ def test_needs_the_feature_size():
 @pytest.mark.parametrize("channels,hp,key", [
     (64, {"heads": 3}, "heads"),
     (64, {"heads": 0}, "heads"),
-    (64, {"position": "rotary"}, "position"),
-    (64, {"content": False, "position": "none"}, "content"),
+    (64, {"encoding": "rotary"}, "encoding"),
+    (64, {"content": False, "encoding": "none"}, "content"),
 ])
 def test_bad_hyperparameters_name_their_key(channels, hp, key):
     with pytest.raises(ConfigError) as info:
