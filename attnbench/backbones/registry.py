@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from attnbench.core.checks import check_int, is_int
 from attnbench.errors import ConfigError
 from attnbench.modules.registry import ModuleEntry, get_module_entry
 from attnbench.modules.slots import Planner, SiteProbe, Site, SlotPlan, block_chosen, needs_feature_size
@@ -181,7 +182,7 @@ def _validate_stages(entry: BackboneEntry, stages: Any, key: str) -> tuple[int, 
 def _validate_blocks(blocks: Any, key: str) -> tuple[int, ...]:
     if isinstance(blocks, int) and not isinstance(blocks, bool):
         blocks = [blocks]
-    if not isinstance(blocks, (list, tuple)) or not blocks or any(isinstance(b, bool) or not isinstance(b, int) for b in blocks):
+    if not isinstance(blocks, (list, tuple)) or not blocks or not all(is_int(b) for b in blocks):
         raise ConfigError(key, blocks, "a non-empty list of block indices within each chosen stage (0 the first, -1 the last)")
     return tuple(sorted(set(blocks)))
 
@@ -202,8 +203,7 @@ def build_model(
     `input_size` matters only to modules built for one map size (BoTNet's MHSA); it defaults to
     the backbone's paper input.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ConfigError("num_classes", num_classes, "a positive integer")
+    check_int("num_classes", num_classes)
     plan = plan_slots(backbone, attention, stages, position, hyperparameters, blocks=blocks)
     if needs_feature_size(plan.entry):
         probe = probe_sites(backbone, plan.position, input_size)
@@ -215,6 +215,3 @@ def chosen_sites(plan: SlotPlan, backbone: str) -> list[Site]:
     """The sites of `backbone` the plan puts its module into."""
     return [s for s in probe_sites(backbone, plan.position).sites if plan.chooses(s)]
 
-
-__all__ = ["BackboneEntry", "Probe", "backbone_names", "block_chosen", "build_model", "chosen_sites",
-           "default_placement", "get_backbone_entry", "plan_slots", "probe_sites", "register_backbone"]

@@ -45,6 +45,7 @@ import yaml
 
 from attnbench.backbones.custom import CustomBackbone, is_custom_item, parse_backbone_item
 from attnbench.core.paths import check_study_name
+from attnbench.core.checks import check_int_list
 from attnbench.errors import ConfigError, check_keys
 from attnbench.config.point import DTYPES, Point, make_point
 
@@ -101,7 +102,7 @@ def parse_ablation(data: Any, source: str = "") -> Ablation:
     folder = str(Path(source).parent) if source and Path(source).is_file() else None
     backbones, custom = _backbones(data.get("backbones", ["resnet50"]), defaults, folder, "num_classes" in data)
     inputs = list(itertools.product(
-        _int_list(data.get("batch_sizes", [1]), "batch_sizes"),
+        check_int_list("batch_sizes", data.get("batch_sizes", [1]), allowed="a positive integer or a non-empty list of them"),
         _list(data.get("dtypes", ["fp32"]), "dtypes", DTYPES, "one of fp32, bf16, fp16, or a non-empty list of them"),
         _list(data.get("channels_last", [False]), "channels_last", (False, True), "true, false, or a list of them"),
     ))
@@ -226,14 +227,6 @@ def _position_axis(value: Any, key: str) -> list[Any]:
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         return value
     raise ConfigError(key, value, "a position name or a list of them")
-
-
-def _int_list(value: Any, key: str) -> list[int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    if not isinstance(value, list) or not value or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
-        raise ConfigError(key, value, "a positive integer or a non-empty list of them")
-    return value
 
 
 def _list(value: Any, key: str, choices: tuple[Any, ...], allowed: str) -> list[Any]:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from attnbench.backbones import default_placement, get_backbone_entry, plan_slots
+from attnbench.core.checks import check_int
 from attnbench.errors import ConfigError
 from attnbench.modules import get_module_entry
 
@@ -136,9 +137,9 @@ def make_point(
     """Validate everything about a point without building a model; errors name their key."""
     plan = plan_slots(backbone, attention, stages, position, hyperparameters, prefix, blocks)
     entry = get_backbone_entry(backbone)
-    _positive_int(f"{prefix}batch_size", batch_size)
-    _positive_int(f"{prefix}num_classes", num_classes)
-    _positive_int(f"{prefix}input_size", input_size)
+    check_int(f"{prefix}batch_size", batch_size)
+    check_int(f"{prefix}num_classes", num_classes)
+    check_int(f"{prefix}input_size", input_size)
     if input_size < entry.min_input:
         raise ConfigError(f"{prefix}input_size", input_size, f"at least {entry.min_input} for backbone {backbone}")
     if dtype not in DTYPES:
@@ -147,8 +148,3 @@ def make_point(
         raise ConfigError(f"{prefix}channels_last", channels_last, "true or false")
     return Point(backbone, attention, plan.hyperparameters, plan.stages, plan.position, input_size, batch_size,
                  num_classes, dtype, channels_last, plan.blocks)
-
-
-def _positive_int(key: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(key, value, "a positive integer")

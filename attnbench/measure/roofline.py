@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from attnbench.core.checks import check_number
 from attnbench.errors import ConfigError
 from attnbench.measure.latency import DTYPES, check_input_shape, check_positive_int
 
@@ -81,7 +82,7 @@ def _check_entry(key: str, entry: Mapping[str, Any]) -> None:
     if not isinstance(entry, Mapping) or not entry.get("match") or isinstance(entry["match"], str):
         raise ConfigError(f"peaks.{key}", entry, allowed)
     for rate in _RATE_KEYS:
-        _check_number(f"peaks.{key}.{rate}", entry.get(rate))
+        check_number(f"peaks.{key}.{rate}", entry.get(rate), 0, allowed="a finite number > 0", low_open=True)
 
 
 def minimum_bytes(module: nn.Module, input_shape: Sequence[int], dtype: str = "fp32", batch_size: int = 1) -> int:
@@ -115,11 +116,11 @@ def roofline(flops: float, bytes_moved: float, latency_s: float, peaks: Mapping[
     `bound` is the roof under the kernel's arithmetic intensity: "memory" below the ridge point
     (compute / bandwidth), else "compute". `roofline_fraction` is the floor time over the latency.
     """
-    _check_number("flops", flops, allow_zero=True)
-    _check_number("bytes_moved", bytes_moved)
-    _check_number("latency_s", latency_s)
-    _check_number("peaks.bandwidth", peaks.get("bandwidth"))
-    _check_number("peaks.compute", peaks.get("compute"))
+    check_number("flops", flops, 0, allowed="a finite number >= 0")
+    check_number("bytes_moved", bytes_moved, 0, allowed="a finite number > 0", low_open=True)
+    check_number("latency_s", latency_s, 0, allowed="a finite number > 0", low_open=True)
+    check_number("peaks.bandwidth", peaks.get("bandwidth"), 0, allowed="a finite number > 0", low_open=True)
+    check_number("peaks.compute", peaks.get("compute"), 0, allowed="a finite number > 0", low_open=True)
     bandwidth, compute = float(peaks["bandwidth"]), float(peaks["compute"])
     intensity = flops / bytes_moved
     ridge = compute / bandwidth
@@ -135,9 +136,3 @@ def roofline(flops: float, bytes_moved: float, latency_s: float, peaks: Mapping[
         "floor_s": floor_s,
         "roofline_fraction": floor_s / latency_s,
     }
-
-
-def _check_number(key: str, value: Any, allow_zero: bool = False) -> None:
-    in_range = isinstance(value, (int, float)) and (value >= 0 if allow_zero else value > 0) and value < float("inf")
-    if isinstance(value, bool) or not in_range:
-        raise ConfigError(key, value, "a finite number >= 0" if allow_zero else "a finite number > 0")

@@ -20,6 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
+from attnbench.core.checks import check_int
 from attnbench.errors import ConfigError
 from attnbench.run.measurements import EpochCallback
 from attnbench.run.runner import RunOptions, run_point
@@ -103,8 +104,7 @@ def run_search(
     the runner by default; the pruner watches the epochs it reports.
     """
     target = setup.trials if trials is None else trials
-    if isinstance(target, bool) or not isinstance(target, int) or target < 1:
-        raise ConfigError("trials", target, "a positive integer")
+    check_int("trials", target)
     if workers != 1:
         parts = run_in_workers(run_search, workers, setup, storage, options, trials=target, run=run, poll=poll,
                                local={"progress": progress},

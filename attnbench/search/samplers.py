@@ -19,6 +19,7 @@ import optuna
 from optuna.pruners import BasePruner, MedianPruner, NopPruner, SuccessiveHalvingPruner
 from optuna.samplers import BaseSampler, CmaEsSampler, NSGAIISampler, RandomSampler, TPESampler
 
+from attnbench.core.checks import check_int
 from attnbench.errors import ConfigError
 from attnbench.search.objectives import Metric
 
@@ -103,7 +104,5 @@ def _parse(value: Any, table: dict[str, dict[str, str]], key: str, default: str)
             raise ConfigError(f"{key}.{option}", number, f"an option of {name}: " + (", ".join(table[name]) or "none"))
         keyword = table[name][option]
         low = MINIMUM.get(keyword, 1)
-        if isinstance(number, bool) or not isinstance(number, int) or number < low:
-            raise ConfigError(f"{key}.{option}", number, f"an integer >= {low}")
-        options[keyword] = number
+        options[keyword] = check_int(f"{key}.{option}", number, low, allowed=f"an integer >= {low}")
     return Algorithm(name, options)

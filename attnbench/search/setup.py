@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from attnbench.config.ablation import Ablation
 from attnbench.core.paths import check_study_name
+from attnbench.core.checks import check_int
 from attnbench.errors import ConfigError, check_keys
 from attnbench.run.runner import parse_options
 from attnbench.search.objectives import METRICS, Metric, parse_budgets, parse_objectives
@@ -76,11 +77,10 @@ def parse_search(ablation: Ablation) -> SearchSetup:
     budgets = parse_budgets(section.get("budgets"))
     _check_measured(ablation, objectives, budgets)
     trials = section.get("trials", DEFAULT_TRIALS)
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise ConfigError("search.trials", trials, "a positive integer")
+    check_int("search.trials", trials)
     seed = section.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ConfigError("search.seed", seed, "a non-negative integer, or null for a random seed")
+    if seed is not None:
+        check_int("search.seed", seed, 0, allowed="a non-negative integer, or null for a random seed")
     return SearchSetup(
         study=study, space=parse_space(section, base), objectives=objectives,
         budgets=budgets, sampler=parse_sampler(section.get("sampler"), objectives),

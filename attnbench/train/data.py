@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from attnbench.core.checks import check_int
 from attnbench.errors import ConfigError
 from attnbench.train.augment import AugmentSpec
 from attnbench.train.safe_pickle import UnsafePickleError, load_data_pickle
@@ -52,16 +53,16 @@ class DataSpec:
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ConfigError("dataset", self.dataset, "one of " + ", ".join(DATASETS))
-        _check_int("image_size", self.image_size, 8, "an integer >= 8")
+        check_int("image_size", self.image_size, 8, allowed="an integer >= 8")
         _check_val_split(self.val_split)
-        _check_int("seed", self.seed, 0, "an integer >= 0")
+        check_int("seed", self.seed, 0, allowed="an integer >= 0")
         if self.crop_padding is not None:
-            _check_int("crop_padding", self.crop_padding, 0, "None or an integer >= 0")
+            check_int("crop_padding", self.crop_padding, 0, allowed="None or an integer >= 0")
             if self.crop_padding >= self.image_size:
                 raise ConfigError("crop_padding", self.crop_padding, f"None or an integer in [0, image_size={self.image_size})")
-        _check_int("synthetic_samples", self.synthetic_samples, 2, "an integer >= 2")
-        _check_int("num_classes", self.num_classes, 2, "an integer >= 2")
-        _check_int("num_workers", self.num_workers, 0, "an integer >= 0")
+        check_int("synthetic_samples", self.synthetic_samples, 2, allowed="an integer >= 2")
+        check_int("num_classes", self.num_classes, 2, allowed="an integer >= 2")
+        check_int("num_workers", self.num_workers, 0, allowed="an integer >= 0")
         for key in ("download", "augment", "hflip"):
             value = getattr(self, key)
             if not isinstance(value, bool) and not (key == "hflip" and value is None):
@@ -258,11 +259,6 @@ def _augment_spec(spec: DataSpec) -> AugmentSpec | None:
     hflip = spec.dataset != "digits" if spec.hflip is None else spec.hflip
     padding = spec.image_size // 8 if spec.crop_padding is None else spec.crop_padding
     return AugmentSpec(padding, hflip)
-
-
-def _check_int(key: str, value: Any, low: int, allowed: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(key, value, allowed)
 
 
 def _check_val_split(value: Any) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from attnbench.core.checks import check_int, check_number
 from attnbench.errors import ConfigError
 from attnbench.train.augment import BatchAugment
 from attnbench.train.data import LoadedData
@@ -49,20 +50,21 @@ class TrainConfig:
     deterministic: bool = False
 
     def __post_init__(self) -> None:
-        _check_int("epochs", self.epochs, 1)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("seed", self.seed, 0)
+        check_int("epochs", self.epochs, 1, allowed="an integer >= 1")
+        check_int("batch_size", self.batch_size, 1, allowed="an integer >= 1")
+        check_int("seed", self.seed, 0, allowed="an integer >= 0")
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("amp", self.amp, tuple(AMP_DTYPES))
-        _check_number("lr", self.lr, 0, math.inf, "a number > 0", low_open=True)
-        _check_number("momentum", self.momentum, 0, 1, "a number in [0, 1)")
-        _check_number("weight_decay", self.weight_decay, 0, math.inf, "a number >= 0")
-        _check_number("label_smoothing", self.label_smoothing, 0, 1, "a number in [0, 1)")
+        check_number("lr", self.lr, 0, math.inf, "a number > 0", low_open=True)
+        check_number("momentum", self.momentum, 0, 1, "a number in [0, 1)", high_open=True)
+        check_number("weight_decay", self.weight_decay, 0, math.inf, "a number >= 0")
+        check_number("label_smoothing", self.label_smoothing, 0, 1, "a number in [0, 1)", high_open=True)
         if self.warmup_epochs is not None:
-            _check_number("warmup_epochs", self.warmup_epochs, 0, self.epochs, f"None or a number in [0, epochs={self.epochs})")
+            check_number("warmup_epochs", self.warmup_epochs, 0, self.epochs, f"None or a number in [0, epochs={self.epochs})",
+                         high_open=True)
         if self.grad_clip is not None:
-            _check_number("grad_clip", self.grad_clip, 0, math.inf, "None or a number > 0", low_open=True)
+            check_number("grad_clip", self.grad_clip, 0, math.inf, "None or a number > 0", low_open=True)
         for key in ("nesterov", "channels_last", "compile", "deterministic"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(key, getattr(self, key), "true or false")
@@ -252,18 +254,8 @@ def _failed(result: TrainResult, error: str, report: Any, start: float) -> Train
     return result
 
 
-def _check_int(key: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(key, value, f"an integer >= {low}")
-
-
 def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(key, value, "one of " + ", ".join(choices))
 
 
-def _check_number(key: str, value: Any, low: float, high: float, allowed: str, low_open: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(key, value, allowed)
-    if value < low or (low_open and value == low) or value >= high:
-        raise ConfigError(key, value, allowed)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from attnbench.config.point import Point
+from attnbench.core.checks import check_int_list
 from attnbench.errors import ConfigError, check_keys
 from attnbench.run.columns import Column, column
 from attnbench.run.measurements.base import Measurement, PointRun, build_point_model
@@ -68,11 +69,7 @@ class Training(Measurement):
         data = section.pop("data", {}) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{key}.data", data, "a mapping of data options (dataset, image_size, data_dir, ...)")
-        seeds = section.pop("seeds", [0, 1, 2])
-        if isinstance(seeds, int) and not isinstance(seeds, bool):
-            seeds = [seeds]
-        if not isinstance(seeds, list) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-            raise ConfigError(f"{key}.seeds", seeds, "a non-empty list of integers >= 0")
+        seeds = check_int_list(f"{key}.seeds", section.pop("seeds", [0, 1, 2]), 0, "a non-empty list of integers >= 0")
         allowed = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "seed"]
         check_keys(section, tuple(allowed) + ("seeds", "data"), f"{key}.")
         return TrainSettings(construct(DataSpec, data, f"{key}.data."), construct(TrainConfig, section, f"{key}."),
