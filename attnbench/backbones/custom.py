@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from attnbench.backbones.registry import BackboneEntry, backbone_names, register_backbone
+from attnbench.core.modes import eval_mode
 from attnbench.errors import ConfigError, check_keys
 from attnbench.modules.registry import ModuleEntry, get_module_entry
 from attnbench.modules.slots import CONV_POSITION, Planner, SiteProbe, Site, SlotPlan, needs_feature_size
@@ -305,18 +306,13 @@ def _aliases(model: nn.Module) -> dict[str, list[str]]:
 def _meta_forward(model: nn.Module, shape: tuple[int, ...], key: str, size: tuple[int, int]) -> Any:
     """One eval forward with every parameter and buffer on the meta device; ConfigError if the model cannot."""
     state = {name: torch.empty_like(t, device="meta") for name, t in chain(model.named_parameters(), model.named_buffers())}
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             return torch.func.functional_call(model, state, (torch.empty(shape, device="meta"),))
     except Exception as error:  # anything the model raises: it cannot be probed at this size on meta
         value = size[0] if size[0] == size[1] else list(size)
         raise ConfigError(key, value, "a size the model runs at, shapes only, on the meta device (its forward "
                                       f"raised {type(error).__name__}: {_first_line(error)})") from None
-    finally:
-        for module, training in modes.items():
-            module.training = training
 
 
 def _first_line(error: BaseException) -> str:

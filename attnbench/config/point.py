@@ -9,10 +9,11 @@ from typing import Any
 
 from attnbench.backbones import default_placement, get_backbone_entry, plan_slots
 from attnbench.core.checks import check_int
+from attnbench.core.precision import PRECISIONS
 from attnbench.errors import ConfigError
 from attnbench.modules import get_module_entry
 
-DTYPES = ("fp32", "bf16", "fp16")
+DTYPES = tuple(PRECISIONS)
 KEY_VERSION = 2  # 1 hashed every field, defaults included, so a new hyperparameter changed every key
 
 

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from attnbench.core.modes import eval_mode
 from attnbench.measure.latency import autocast, check_device, check_dtype, check_input_shape, check_positive_int, random_input
 from attnbench.measure.native_stderr import silenced_native_stderr
 
@@ -80,25 +81,14 @@ def measure_memory(
     parameter_bytes = sum(t.nbytes for t in (*model.parameters(), *model.buffers()))
     state = {name: t.detach().to("cpu", copy=True) for name, t in model.state_dict().items()}
     grads = [p.grad for p in model.parameters()]
-    was_training = model.training
     saved: dict[int, int] = {}
-    try:
-        model.eval()
-
-        def infer() -> None:
-            with torch.no_grad(), autocast(device, dtype):
-                model(x)
-
-        inference_peak, inference_reserved = _peak(device, infer)
-        model.train()
-        for p in model.parameters():
-            p.grad = None
-        train_peak, train_reserved = _peak(device, functools.partial(_train_step, model, x, device, dtype, seed, saved))
-    finally:
-        model.load_state_dict(state)
-        for p, grad in zip(model.parameters(), grads):
-            p.grad = grad
-        model.train(was_training)
+    with eval_mode(model):  # the training step below switches to train mode; every module's own mode comes back
+        try:
+            inference_peak, inference_reserved, train_peak, train_reserved = _peaks(model, x, device, dtype, seed, saved)
+        finally:
+            model.load_state_dict(state)
+            for p, grad in zip(model.parameters(), grads):
+                p.grad = grad
     return MemoryResult(
         device=device,
         dtype=dtype,
@@ -111,6 +101,21 @@ def measure_memory(
         inference_reserved_bytes=inference_reserved,
         train_reserved_bytes=train_reserved,
     )
+
+
+def _peaks(model: nn.Module, x: Tensor, device: str, dtype: str, seed: int,
+           saved: dict[int, int]) -> tuple[int, int | None, int, int | None]:
+    """(inference peak, reserved, training-step peak, reserved) of `model` on `x`, the model in eval mode on entry."""
+    def infer() -> None:
+        with torch.no_grad(), autocast(device, dtype):
+            model(x)
+
+    inference_peak, inference_reserved = _peak(device, infer)
+    model.train()
+    for p in model.parameters():
+        p.grad = None
+    train_peak, train_reserved = _peak(device, functools.partial(_train_step, model, x, device, dtype, seed, saved))
+    return inference_peak, inference_reserved, train_peak, train_reserved
 
 
 def _train_step(model: nn.Module, x: Tensor, device: str, dtype: str, seed: int, saved: dict[int, int]) -> None:

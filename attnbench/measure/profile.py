@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
 
+from attnbench.core.modes import eval_mode
 from attnbench.measure.latency import (
     autocast,
     check_device,
@@ -56,25 +57,20 @@ def profile_model(
     out.mkdir(parents=True, exist_ok=True)
     before = set(out.glob("*.pt.trace.json"))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    was_training = model.training
-    model.eval()
-    try:
-        with fixed_threads(threads):
-            model.to(device)
-            x = random_input((batch_size, *shape), device, seed)
-            with silenced_native_stderr(), profile(
-                activities=activities,
-                schedule=schedule(wait=wait, warmup=warmup, active=steps, repeat=1),
-                on_trace_ready=tensorboard_trace_handler(str(out), worker_name=worker_name),
-                record_shapes=True,
-                profile_memory=profile_memory,
-            ) as prof, torch.no_grad(), autocast(device, dtype):
-                for _ in range(wait + warmup + steps):
-                    model(x)
-                    if device == "cuda":
-                        # Each step's kernels belong to that step in the plugin's step view.
-                        torch.cuda.synchronize()
-                    prof.step()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), fixed_threads(threads):
+        model.to(device)
+        x = random_input((batch_size, *shape), device, seed)
+        with silenced_native_stderr(), profile(
+            activities=activities,
+            schedule=schedule(wait=wait, warmup=warmup, active=steps, repeat=1),
+            on_trace_ready=tensorboard_trace_handler(str(out), worker_name=worker_name),
+            record_shapes=True,
+            profile_memory=profile_memory,
+        ) as prof, torch.no_grad(), autocast(device, dtype):
+            for _ in range(wait + warmup + steps):
+                model(x)
+                if device == "cuda":
+                    # Each step's kernels belong to that step in the plugin's step view.
+                    torch.cuda.synchronize()
+                prof.step()
     return sorted(set(out.glob("*.pt.trace.json")) - before)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from attnbench.modules.slots import attention_slots
+from attnbench.core.modes import eval_mode
 from attnbench.measure.latency import LatencyOptions, LatencyResult, check_input_shape, measure_latency, random_input
 
 
@@ -27,13 +28,10 @@ def record_slot_shapes(model: nn.Module, input_shape: Sequence[int], seed: int =
 
     handles = [module.register_forward_pre_hook(recorder(name)) for name, module in attention_slots(model).items()]
     device = next(iter(model.parameters()), torch.empty(0)).device
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(random_input((1, *shape), str(device), seed))
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     return shapes

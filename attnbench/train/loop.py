@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from attnbench.core.checks import check_int, check_number
+from attnbench.core.precision import PRECISIONS, autocast_dtype
 from attnbench.errors import ConfigError
 from attnbench.train.augment import BatchAugment
 from attnbench.train.data import LoadedData
@@ -23,7 +24,6 @@ from attnbench.train.seeds import deterministic, seed_everything
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle")
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 ONECYCLE_WARMUP = 0.3  # share of training spent rising when warm-up is left to the schedule (torch's pct_start)
 ONECYCLE_START = 1 / 25  # one-cycle starts at lr/25 (Smith & Topin, arXiv 1708.07120; torch's div_factor)
 
@@ -42,7 +42,7 @@ class TrainConfig:
     schedule: str = "cosine"
     warmup_epochs: float | None = None  # None: 0 for cosine, 30% of training for onecycle
     label_smoothing: float = 0.0
-    amp: str = "none"
+    amp: str = "fp32"  # fp32 (no autocast), or bf16 / fp16 under autocast ("none" is read as fp32)
     channels_last: bool = False
     compile: bool = False
     grad_clip: float | None = None  # max global gradient norm
@@ -55,7 +55,9 @@ class TrainConfig:
         check_int("seed", self.seed, 0, allowed="an integer >= 0")
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
-        _check_choice("amp", self.amp, tuple(AMP_DTYPES))
+        if self.amp == "none":  # the spelling of earlier versions
+            object.__setattr__(self, "amp", "fp32")
+        _check_choice("amp", self.amp, tuple(PRECISIONS))
         check_number("lr", self.lr, 0, math.inf, "a number > 0", low_open=True)
         check_number("momentum", self.momentum, 0, 1, "a number in [0, 1)", high_open=True)
         check_number("weight_decay", self.weight_decay, 0, math.inf, "a number >= 0")
@@ -243,7 +245,7 @@ def _step(loss: Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
 
 
 def _autocast(amp: str, device: torch.device) -> Any:
-    dtype = AMP_DTYPES[amp]
+    dtype = autocast_dtype(amp)
     return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
