@@ -23,7 +23,7 @@ def with_extra_hyperparameter(monkeypatch: pytest.MonkeyPatch, module: str, name
     """The registry as a later version might have it: `module` with one more hyperparameter."""
     entry = registry.get_module_entry(module)
     schema = Schema({**entry.schema.params, name: Int(default, low=1, high=100)})
-    monkeypatch.setitem(registry._REGISTRY, module, dataclasses.replace(entry, schema=schema))
+    monkeypatch.setitem(registry.MODULES._entries, module, dataclasses.replace(entry, schema=schema))
 
 
 def fake(point: Point, options: RunOptions) -> dict:

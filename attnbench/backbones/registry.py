@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from attnbench.core.checks import check_int, is_int
+from attnbench.core.registry import Registry
 from attnbench.errors import ConfigError
 from attnbench.modules.registry import ModuleEntry, get_module_entry
 from attnbench.modules.slots import Planner, SiteProbe, Site, SlotPlan, block_chosen, needs_feature_size
@@ -45,27 +46,22 @@ class Probe:
     largest_map: int  # elements per sample of the largest tensor any layer outputs
 
 
-_REGISTRY: dict[str, BackboneEntry] = {}
+BACKBONES: Registry[BackboneEntry] = Registry("backbone")
 
 
 def register_backbone(entry: BackboneEntry) -> BackboneEntry:
     """Add a backbone to the registry."""
-    if entry.name in _REGISTRY:
-        raise RuntimeError(f"backbone {entry.name!r} registered twice")
-    _REGISTRY[entry.name] = entry
-    return entry
+    return BACKBONES.add(entry.name, entry)
 
 
 def backbone_names() -> list[str]:
     """Names of all registered backbones."""
-    return list(_REGISTRY)
+    return BACKBONES.names()
 
 
 def get_backbone_entry(name: str, key: str = "backbone") -> BackboneEntry:
     """The registry entry for `name`, or a ConfigError listing the known names."""
-    if name not in _REGISTRY:
-        raise ConfigError(key, name, "one of " + ", ".join(_REGISTRY))
-    return _REGISTRY[name]
+    return BACKBONES.get(name, key)
 
 
 @functools.lru_cache(maxsize=256)

@@ -7,6 +7,7 @@ from typing import Any, Callable, Literal
 
 from torch import nn
 
+from attnbench.core.registry import Registry
 from attnbench.errors import ConfigError
 from attnbench.hparams import HParam, Schema
 
@@ -92,7 +93,7 @@ class ModuleEntry:
                 raise error.under(prefix.rstrip(".")) if prefix else error
 
 
-_REGISTRY: dict[str, ModuleEntry] = {}
+MODULES: Registry[ModuleEntry] = Registry("attention module")
 
 
 def register_module(
@@ -110,13 +111,11 @@ def register_module(
     """Class decorator adding a module to the registry under `name`."""
 
     def add(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in _REGISTRY:
-            raise RuntimeError(f"attention module {name!r} registered twice")
         reserved = sorted(set(params or {}) & RESERVED)
         if reserved:  # they would collide with build_model's and the slots' own keywords
             raise RuntimeError(f"attention module {name!r}: hyperparameter names {reserved} are reserved")
-        _REGISTRY[name] = ModuleEntry(name, cls, kind, Schema(dict(params or {})), paper, check_channels, code,
-                                      placement, includes_norm, check_conv)
+        MODULES.add(name, ModuleEntry(name, cls, kind, Schema(dict(params or {})), paper, check_channels, code,
+                                      placement, includes_norm, check_conv))
         return cls
 
     return add
@@ -124,14 +123,12 @@ def register_module(
 
 def module_names() -> list[str]:
     """Names of all registered modules."""
-    return list(_REGISTRY)
+    return MODULES.names()
 
 
 def get_module_entry(name: str, key: str = "attention") -> ModuleEntry:
     """The registry entry for `name`, or a ConfigError listing the known names."""
-    if name not in _REGISTRY:
-        raise ConfigError(key, name, "one of " + ", ".join(_REGISTRY))
-    return _REGISTRY[name]
+    return MODULES.get(name, key)
 
 
 def build_module(name: str, channels: int, **hyperparameters: Any) -> nn.Module:
@@ -158,7 +155,7 @@ def build_module(name: str, channels: int, **hyperparameters: Any) -> nn.Module:
 def describe_modules() -> list[dict[str, Any]]:
     """One row per module and hyperparameter: name, kind, paper, default, allowed values."""
     rows: list[dict[str, Any]] = []
-    for entry in _REGISTRY.values():
+    for entry in MODULES:
         if not entry.schema.params:
             rows.append({"module": entry.name, "kind": entry.kind, "hyperparameter": "", "default": "", "allowed": "", "paper": entry.paper, "code": entry.code})
         for hp_name, hp in entry.schema.params.items():
