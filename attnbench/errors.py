@@ -1,7 +1,8 @@
 """The one error type for bad user input: it names the key, the value and what is allowed."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -13,7 +14,7 @@ class ConfigError(ValueError):
         self.allowed = allowed
         super().__init__(f"{key}={value!r} is not allowed: {allowed}")
 
-    def under(self, prefix: str) -> "ConfigError":
+    def under(self, prefix: str) -> ConfigError:
         """The same error with its key qualified by where it was found (e.g. a file entry)."""
         return ConfigError(f"{prefix}.{self.key}" if prefix else self.key, self.value, self.allowed)
 

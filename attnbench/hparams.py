@@ -6,8 +6,9 @@ against them, the CLI lists them, and searches derive their spaces from them.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from attnbench.errors import ConfigError
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from attnbench.modules.slots import SLOT_FLAG, attention_slots
 from attnbench.errors import ConfigError
 from attnbench.measure import ComplexityResult, complexity, measure_complexity
 from attnbench.modules import build_module
 from attnbench.modules.dcn import TORCHVISION_DEFORM, DeformConv
+from attnbench.modules.slots import SLOT_FLAG, attention_slots
 
 N, C, H, W = 1, 32, 14, 10  # W != H so a swapped spatial size would show
 HW, CHW = H * W, C * H * W

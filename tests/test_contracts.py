@@ -27,7 +27,7 @@ from attnbench.run.measurements import build_point_model
 from attnbench.search.space import Base, parse_space
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _params(name: str) -> int:
     with torch.device("meta"):
         return sum(p.numel() for p in build_model(name, num_classes=10).parameters())
@@ -54,7 +54,7 @@ def small_input(backbone: str) -> int:
     return 2 * get_backbone_entry(backbone).min_input
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _accepted(module: str, backbone: str) -> bool:
     try:
         make_point(backbone, module, input_size=small_input(backbone), num_classes=10)

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from attnbench.config.ablation import parse_ablation
 from attnbench.cli import main
-from attnbench.store.grid import run_grid
+from attnbench.config.ablation import parse_ablation
 from attnbench.run.runner import options_for
+from attnbench.store.grid import run_grid
 from attnbench.store.study import default_storage, open_study, trial_rows
 
 SMALL = {"name": "small", "backbones": [{"name": "cifar_resnet20", "input_size": 16, "num_classes": 10}],

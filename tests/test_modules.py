@@ -9,8 +9,8 @@ import torch
 from torch.nn import functional as F
 
 from attnbench import ConfigError, build_module
-from attnbench.modules.eca import adaptive_eca_kernel
 from attnbench.modules import describe_modules, module_names
+from attnbench.modules.eca import adaptive_eca_kernel
 
 
 def n_params(module: torch.nn.Module) -> int:

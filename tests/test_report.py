@@ -16,16 +16,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from attnbench.config.ablation import parse_ablation
 from attnbench.cli import main
-from attnbench.store.grid import run_grid
-from attnbench.report.published import PUBLISHED, agrees, published_matches, reproduce, rounds_to
-from attnbench.report.tables import export_grid, write_report
+from attnbench.config.ablation import parse_ablation
+from attnbench.core.paths import check_writable
 from attnbench.report.common import LATENCY, TOP1, pretty_backbone, si
 from attnbench.report.latex import column_digits, escape, latex_table
 from attnbench.report.plots import ablation_series, pareto_axes, pareto_front
+from attnbench.report.published import PUBLISHED, agrees, published_matches, reproduce, rounds_to
+from attnbench.report.tables import export_grid, write_report
 from attnbench.run.runner import RunOptions
-from attnbench.core.paths import check_writable
+from attnbench.store.grid import run_grid
 from attnbench.store.study import default_storage, open_study, trial_rows
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from attnbench.config.ablation import parse_ablation
-from attnbench.store.grid import run_grid
-from attnbench.run.runner import RunOptions
 from attnbench.core.paths import check_writable
-from attnbench.store.study import default_storage, open_study, trial_rows
 from attnbench.report.tracking import StudyTracker, default_mode, flat_row, log_training_curve, redact, sanitize
+from attnbench.run.runner import RunOptions
+from attnbench.store.grid import run_grid
+from attnbench.store.study import default_storage, open_study, trial_rows
 
 SECRET = "hunter2"
 STORAGE = f"postgresql://bob:{SECRET}@db.example:5432/attn"

@@ -221,9 +221,9 @@ def test_deterministic_sets_flags_collects_warnings_and_restores() -> None:
         assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] in (":4096:8", ":16:8")
         for _ in range(2):
-            warnings.warn(_TORCH_WORDING, UserWarning)
+            warnings.warn(_TORCH_WORDING, UserWarning, stacklevel=2)
         with pytest.warns(UserWarning, match="unrelated"):
-            warnings.warn("unrelated", UserWarning)
+            warnings.warn("unrelated", UserWarning, stacklevel=2)
     assert report.nondeterministic_ops == ["adaptive_max_pool2d_backward_cuda"]
     assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
             os.environ.get("CUBLAS_WORKSPACE_CONFIG")) == saved

@@ -12,11 +12,11 @@ import attnbench.backbones.mscan  # noqa: F401  (registration)
 import attnbench.backbones.van  # noqa: F401  (registration)
 from attnbench.backbones.mscan import MSCAN_CONFIGS, StemConv
 from attnbench.backbones.registry import build_model, get_backbone_entry, probe_sites
-from attnbench.modules.slots import attention_slots
 from attnbench.backbones.van import VAN_CONFIGS, StageConfig
 from attnbench.modules.identity import NoAttention
 from attnbench.modules.lka import LKA
 from attnbench.modules.msca import MSCA
+from attnbench.modules.slots import attention_slots
 
 # --- closed-form counts, written out from the official block structure -------------------
 # Per block of width C and MLP ratio r, without the slot module:

@@ -42,10 +42,11 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import chain
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -54,7 +55,7 @@ from attnbench.backbones.registry import BackboneEntry, backbone_names, register
 from attnbench.core.modes import eval_mode
 from attnbench.errors import ConfigError, check_keys
 from attnbench.modules.registry import ModuleEntry, get_module_entry
-from attnbench.modules.slots import CONV_POSITION, Planner, SiteProbe, Site, SlotPlan, needs_feature_size
+from attnbench.modules.slots import CONV_POSITION, Planner, Site, SiteProbe, SlotPlan, needs_feature_size
 
 GATE_POSITION = "after"  # the one gate position of a custom backbone: on the output of the matched module
 LIBRARIES = ("torchvision", "timm")
@@ -537,7 +538,7 @@ class CustomBackbone:
             default_input=self.input_size,
         )
 
-    def register(self) -> "CustomBackbone":
+    def register(self) -> CustomBackbone:
         """Register it (once per process: a second registration of the same name keeps the first)."""
         for folder in self.search_path:
             if folder not in sys.path:

@@ -8,8 +8,9 @@ keeps a second description of itself that could drift from its code.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from attnbench.core.checks import check_int, is_int
 from attnbench.core.registry import Registry
 from attnbench.errors import ConfigError
 from attnbench.modules.registry import ModuleEntry, get_module_entry
-from attnbench.modules.slots import Planner, SiteProbe, Site, SlotPlan, block_chosen, needs_feature_size
+from attnbench.modules.slots import Planner, Site, SiteProbe, SlotPlan, needs_feature_size
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ global average pooling then a Linear layer.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 import torch
 from torch import Tensor, nn

@@ -52,7 +52,7 @@ class Point:
         return _canonical(asdict(self))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Point":
+    def from_dict(cls, data: dict[str, Any]) -> Point:
         """Inverse of `to_dict`."""
         data = dict(data)
         data["stages"] = tuple(data.get("stages", ()))

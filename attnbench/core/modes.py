@@ -1,8 +1,8 @@
 """Running a model in eval mode for a measurement and giving it back exactly as it was."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from torch import nn
 

@@ -1,7 +1,8 @@
 """The one registry idiom: name -> implementation, registered once, looked up with a ConfigError naming the choices."""
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from attnbench.errors import ConfigError
 

@@ -5,8 +5,8 @@ torch-tb-profiler reads `out_dir` as one run, and the same Chrome-trace JSON ope
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn

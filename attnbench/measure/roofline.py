@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Hashable, Sequence
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from attnbench.modules.slots import attention_slots
 from attnbench.core.modes import eval_mode
 from attnbench.measure.latency import LatencyOptions, LatencyResult, check_input_shape, measure_latency, random_input
+from attnbench.modules.slots import attention_slots
 
 
 def record_slot_shapes(model: nn.Module, input_shape: Sequence[int], seed: int = 0) -> dict[str, tuple[int, ...]]:

@@ -1,7 +1,8 @@
 """Pieces shared by the channel-attention modules: gate non-linearities, the hidden width and the reduction check."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor
 from torch.nn import functional as F

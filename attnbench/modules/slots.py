@@ -10,8 +10,9 @@ model (`attention_slots`) knowing nothing of backbones.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal
 
 from torch import nn
 
@@ -121,7 +122,7 @@ class SlotPlan:
         """Whether the module replacing this conv has its own norm and activation (the block then drops its own)."""
         return self.chooses(site) and self.entry.includes_norm
 
-    def with_feature_sizes(self, sizes: Mapping[tuple[str, int, int, str], tuple[int, int]]) -> "SlotPlan":
+    def with_feature_sizes(self, sizes: Mapping[tuple[str, int, int, str], tuple[int, int]]) -> SlotPlan:
         """The same plan with the probed map size of every site."""
         return replace(self, feature_sizes=dict(sizes))
 

@@ -8,16 +8,17 @@ them FLOPs or GFLOPs but count one multiply-accumulate as one (torchvision's doc
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
 from attnbench.backbones import build_model
-from attnbench.report.common import si
 from attnbench.config.point import make_point
+from attnbench.report.common import si
 
 INPUT_SIZE = 224
 NUM_CLASSES = 1000

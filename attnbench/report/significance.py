@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 

@@ -8,8 +8,9 @@ otherwise Welch's unequal-variance t-test. Both are two-sided, at 95 % by defaul
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 # scipy is always present: scikit-learn, a dependency, requires it.
 from scipy.stats import t as student_t

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import datetime
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -153,9 +154,9 @@ def _markdown_section(title: str, body: str) -> list[str]:
 
 def write_report(rows: list[dict[str, Any]], out_dir: Path, study: str, source: str = "", figures: bool = True) -> Path:
     """Write points.csv, table.md, table.tex, summary.tex, the plots (PNG and PDF, unless not `figures`) and report.md."""
-    from attnbench.report.published import published_matches, sources_markdown
     from attnbench.report.latex import latex_table
     from attnbench.report.plots import plot_ablations, plot_pareto
+    from attnbench.report.published import published_matches, sources_markdown
     from attnbench.report.summary import summary_markdown, summary_tex
 
     frame, table = export_grid(rows, out_dir)

@@ -31,10 +31,10 @@ from optuna.distributions import (
 )
 
 from attnbench.backbones import get_backbone_entry
+from attnbench.config.point import Point, make_point
 from attnbench.errors import ConfigError
 from attnbench.hparams import Bool, Choice, Float, HParam, Int, OddKernels, Subset, as_float
 from attnbench.modules import get_module_entry
-from attnbench.config.point import Point, make_point
 
 RANGE_KEYS = ("low", "high", "log", "step")
 ALL = "all"

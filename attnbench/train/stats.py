@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 # scipy is always present: scikit-learn, a dependency, requires it.
 from scipy.stats import t as student_t

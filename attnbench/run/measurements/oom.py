@@ -1,7 +1,8 @@
 """Out-of-memory retries shared by the batch-bound measurements (latency, memory)."""
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from attnbench.measure.memory import with_oom_retry
 
