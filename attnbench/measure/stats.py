@@ -20,7 +20,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 @dataclass(frozen=True)
-class Summary:
+class TimingSummary:
     """Location and spread of a sample of timings (same unit as the sample)."""
 
     median: float
@@ -36,14 +36,14 @@ class Summary:
         return asdict(self)
 
 
-def summarize(values: Sequence[float]) -> Summary:
+def summarize(values: Sequence[float]) -> TimingSummary:
     """Median, interquartile range, 10th/90th percentiles, mean and standard deviation of `values`."""
     if not values:
         raise ValueError("summary of no values")
     count = len(values)
     mean = math.fsum(values) / count
     variance = math.fsum((v - mean) ** 2 for v in values) / (count - 1) if count > 1 else 0.0
-    return Summary(
+    return TimingSummary(
         median=percentile(values, 50.0),
         iqr=percentile(values, 75.0) - percentile(values, 25.0),
         p10=percentile(values, 10.0),

@@ -15,6 +15,8 @@ from typing import Any
 # scipy is always present: scikit-learn, a dependency, requires it.
 from scipy.stats import t as student_t
 
+from attnbench.train.stats import sample_variance, t_critical
+
 ALPHA = 0.05
 CONFIDENCE = 1 - ALPHA
 PAIRED = "paired t"
@@ -44,19 +46,13 @@ def _mean(values: Sequence[float]) -> float:
     return math.fsum(values) / len(values)
 
 
-def _variance(values: Sequence[float]) -> float:
-    """Sample variance (n - 1 in the denominator)."""
-    mean = _mean(values)
-    return math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)
-
-
 def _t_result(delta: float, se: float, dof: float, test: str, n_variant: int, n_baseline: int,
               confidence: float) -> DeltaTest:
     """Interval delta +- t(dof) * se and the two-sided p-value of delta / se."""
     if se == 0:
         # no spread at all (identical runs): the interval is the point, and no test is possible
         return DeltaTest(delta, delta, delta, math.nan, dof, test, n_variant, n_baseline, confidence)
-    half = float(student_t.ppf(0.5 + confidence / 2, dof)) * se
+    half = t_critical(dof, confidence) * se
     p_value = 2.0 * float(student_t.sf(abs(delta / se), dof))
     return DeltaTest(delta, delta - half, delta + half, min(p_value, 1.0), dof, test, n_variant, n_baseline, confidence)
 
@@ -69,7 +65,7 @@ def paired_t(variant: Sequence[float], baseline: Sequence[float], confidence: fl
         raise ValueError("a paired t-test needs at least two pairs")
     differences = [float(v) - float(b) for v, b in zip(variant, baseline)]
     n = len(differences)
-    se = math.sqrt(_variance(differences) / n)
+    se = math.sqrt(sample_variance(differences) / n)
     return _t_result(_mean(differences), se, n - 1, PAIRED, n, n, confidence)
 
 
@@ -79,7 +75,7 @@ def welch_t(variant: Sequence[float], baseline: Sequence[float], confidence: flo
         raise ValueError("Welch's t-test needs at least two values on each side")
     a = [float(v) for v in variant]
     b = [float(v) for v in baseline]
-    va, vb = _variance(a) / len(a), _variance(b) / len(b)
+    va, vb = sample_variance(a) / len(a), sample_variance(b) / len(b)
     se = math.sqrt(va + vb)
     dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if se else float(len(a) + len(b) - 2)
     return _t_result(_mean(a) - _mean(b), se, dof, WELCH, len(a), len(b), confidence)

@@ -12,11 +12,11 @@ from attnbench.train.data import (
 )
 from attnbench.train.loop import EpochRecord, TrainConfig, TrainResult, lr_factor, param_groups, train_model
 from attnbench.train.seeds import DeterminismReport, deterministic, seed_everything
-from attnbench.train.stats import Summary, summarize, t_critical
+from attnbench.train.stats import SeedSummary, summarize, t_critical
 
 __all__ = [
     "DATASETS", "AugmentSpec", "BatchAugment", "DataInfo", "DataSpec", "DeterminismReport", "EpochRecord",
-    "LoadedData", "StreamSplit", "Summary", "TensorSplit", "TrainConfig", "TrainResult", "check_dataset",
+    "LoadedData", "StreamSplit", "SeedSummary", "TensorSplit", "TrainConfig", "TrainResult", "check_dataset",
     "deterministic", "load_dataset", "lr_factor", "param_groups", "random_crop", "random_hflip",
     "seed_everything", "summarize", "t_critical", "train_model",
 ]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 # scipy is always present: scikit-learn, a dependency, requires it.
@@ -10,8 +10,8 @@ from scipy.stats import t as student_t
 
 
 @dataclass(frozen=True)
-class Summary:
-    """n values summarised: mean, sample std (ddof=1) and a two-sided confidence interval for the mean."""
+class SeedSummary:
+    """Runs over n seeds summarised: mean, sample std (ddof=1) and a two-sided confidence interval for the mean."""
 
     n: int
     mean: float
@@ -37,7 +37,13 @@ def t_critical(dof: int, confidence: float = 0.95) -> float:
     return float(student_t.ppf(0.5 + confidence / 2, dof))
 
 
-def summarize(values: Iterable[float], confidence: float = 0.95) -> Summary:
+def sample_variance(values: Sequence[float]) -> float:
+    """Sample variance, n - 1 in the denominator."""
+    mean = math.fsum(values) / len(values)
+    return math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)
+
+
+def summarize(values: Iterable[float], confidence: float = 0.95) -> SeedSummary:
     """Summary of values from independent runs: mean ± t(n-1) · s / sqrt(n)."""
     data = [float(v) for v in values]
     if not data:
@@ -47,7 +53,7 @@ def summarize(values: Iterable[float], confidence: float = 0.95) -> Summary:
     n = len(data)
     mean = math.fsum(data) / n
     if n == 1:
-        return Summary(1, mean, math.nan, math.nan, math.nan, confidence)
-    std = math.sqrt(math.fsum((v - mean) ** 2 for v in data) / (n - 1))
+        return SeedSummary(1, mean, math.nan, math.nan, math.nan, confidence)
+    std = math.sqrt(sample_variance(data))
     half = t_critical(n - 1, confidence) * std / math.sqrt(n)
-    return Summary(n, mean, std, mean - half, mean + half, confidence)
+    return SeedSummary(n, mean, std, mean - half, mean + half, confidence)
