@@ -298,8 +298,8 @@ def latex_table(frame: pd.DataFrame, study: str = "") -> str:
             body = [" & ".join([names[i][0]] + [cells[c][i] for _, c in metrics]) + r" \\" for i in rows]
             if baseline and part:
                 body.insert(len(baseline), r"\midrule")
-            continued = f" (continued, {number + 1} of {len(parts)})" if len(parts) > 1 else ""
+            continued = f" (continued, part {number + 1} of {len(parts)})" if number > 0 else ""
             caption = rf"Study \texttt{{{escape(study)}}}: {escape(title)}{continued}."
-            label = f"tab:{slug(study)}-{slug(title)}" + (f"-{number + 1}" if len(parts) > 1 else "")
+            label = f"tab:{slug(study)}-{slug(title)}" + (f"-{number + 1}" if number > 0 else "")
             lines += [""] + table_float(spec, header, body, caption, label, legend, size)
     return "\n".join(lines) + "\n"
