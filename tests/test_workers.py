@@ -56,9 +56,9 @@ def worker_main(role: str, storage: str, folder: str, host: str) -> None:
     """One worker process: wait for the go signal, then run its part, logging each trial's start and end."""
     import socket
 
-    import attnbench.store.storage
+    import attnbench.store.backends.rdb
 
-    attnbench.store.storage.HEARTBEAT_SECONDS = 1  # grace period 2 s: a dead worker elsewhere is found quickly
+    attnbench.store.backends.rdb.HEARTBEAT_SECONDS = 1  # grace period 2 s: a dead worker elsewhere is found quickly
     if host != "here":
         socket.gethostname = lambda: host  # another machine: its pid means nothing here, only its heartbeat counts
     log = Path(folder) / "trials.log"

@@ -249,8 +249,12 @@ def _cells(done: pd.DataFrame, members: list[Any], metric: Metric, column: str, 
             cell += rf"$\pm${spreads[i] * metric.scale * metric.spread_scale:.{digits}f}"
         if done.at[i, "attention"] != "none":
             row = done.loc[i]
+            # the frame leaves a delta empty where the two rows are not comparable (timed at different batches
+            # after an out-of-memory retry): the table must not recompute it from the raw values
+            comparable = not pd.isna(row.get(f"delta_{column}", 0.0))
             change = (top1_delta_text(row, digits) if metric is TOP1 else
-                      latency_delta_text(row) if metric is LATENCY else "") or delta_text(metric, value, base, digits)
+                      latency_delta_text(row) if metric is LATENCY else "") or (
+                          delta_text(metric, value, base, digits) if comparable else "")
             cell = _with_change(cell, change, stacked, size)
         cells[i] = cell
     return cells

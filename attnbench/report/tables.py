@@ -55,6 +55,11 @@ def points_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return add_top1_tests(frame, GROUP)
 
 
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    """`frame[name]`, or empty (NaN) cells where the rows lack it (stored by an older version or another program)."""
+    return pd.to_numeric(frame[name], errors="coerce") if name in frame else pd.Series(float("nan"), index=frame.index)
+
+
 def _signed(value: float, digits: int) -> str:
     return "" if pd.isna(value) else f"{value:+.{digits}f}"
 
@@ -81,18 +86,18 @@ def comparison_table(frame: pd.DataFrame) -> pd.DataFrame:
             table[title] = frame[column]
     if "params" in frame:
         table["params (M)"] = (frame["params"] / 1e6).map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
-        table["Δparams (M)"] = (frame["delta_params"] / 1e6).map(lambda v: _signed(v, 3))
-        table["Δparams %"] = frame["delta_params_pct"].map(lambda v: _signed(v, 2))
-        table["attn params (M)"] = (frame["attention_params"] / 1e6).map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+        table["Δparams (M)"] = (_column(frame, "delta_params") / 1e6).map(lambda v: _signed(v, 3))
+        table["Δparams %"] = _column(frame, "delta_params_pct").map(lambda v: _signed(v, 2))
+        table["attn params (M)"] = (_column(frame, "attention_params") / 1e6).map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
     if "macs" in frame:
         table["MACs (G)"] = (frame["macs"] / 1e9).map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
-        table["ΔMACs (G)"] = (frame["delta_macs"] / 1e9).map(lambda v: _signed(v, 4))
-        table["ΔMACs %"] = frame["delta_macs_pct"].map(lambda v: _signed(v, 2))
-        table["FLOPs (G)"] = (frame["flops"] / 1e9).map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
+        table["ΔMACs (G)"] = (_column(frame, "delta_macs") / 1e9).map(lambda v: _signed(v, 4))
+        table["ΔMACs %"] = _column(frame, "delta_macs_pct").map(lambda v: _signed(v, 2))
+        table["FLOPs (G)"] = (_column(frame, "flops") / 1e9).map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
     if "latency_median_ms" in frame:
-        iqr = frame["latency_iqr_ms"] if "latency_iqr_ms" in frame else pd.Series(float("nan"), index=frame.index)
+        iqr = _column(frame, "latency_iqr_ms")
         table["latency (ms)"] = [_spread(m, i) for m, i in zip(frame["latency_median_ms"], iqr)]
-        table["Δlatency %"] = frame["delta_latency_median_ms_pct"].map(lambda v: _signed(v, 1))
+        table["Δlatency %"] = _column(frame, "delta_latency_median_ms_pct").map(lambda v: _signed(v, 1))
         changes = [latency_change(row) for _, row in frame.iterrows()]
         if any(changes):
             # the paired timing's change and interval; * where the interval excludes zero

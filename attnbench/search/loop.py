@@ -30,7 +30,7 @@ from attnbench.search.setup import SearchSetup
 from attnbench.config.point import Point
 from attnbench.store.storage import ask, open_storage, retry_callback, store_errors
 from attnbench.store.study import attach_point, fail_trial, own_trial, trial_point_key
-from attnbench.store.processes import run_in_workers
+from attnbench.store.processes import run_in_workers, signals_held
 from attnbench.store.workers import DIED, POLL_SECONDS, interrupted_here, keep_alive, reap, recover
 
 Run = Callable[[Point, RunOptions, EpochCallback | None], dict[str, Any]]
@@ -171,8 +171,9 @@ def _failed_on_its_own(trial: FrozenTrial) -> bool:
 
 def _run_trial(study: optuna.Study, setup: SearchSetup, run: Callable[..., dict[str, Any]]) -> tuple[str, bool]:
     """Evaluate one trial (a queued retry first, if any); return its outcome and whether it was a retry."""
-    trial = ask(study)
-    own_trial(trial)
+    with signals_held():  # an interruption waits for these writes: no RUNNING trial is left without its owner
+        trial = ask(study)
+        own_trial(trial)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(

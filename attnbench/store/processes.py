@@ -9,13 +9,16 @@ stops itself within a second.
 """
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import signal
+import sys
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import wait
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -46,6 +49,44 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Within the block SIGINT and SIGTERM wait; after it they act as they would have. Writes that belong together
+    (a new trial and its owner record) are thus never cut apart. Main thread only; elsewhere a no-op."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.getsignal(signum) for signum in signals}
+    if threading.current_thread() is not threading.main_thread() or None in previous.values():
+        yield  # a handler installed outside Python could not be put back
+        return
+    held: list[int] = []
+    for signum in signals:
+        signal.signal(signum, lambda received, frame: held.append(received))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:
+            os.kill(os.getpid(), held[0])  # delivered again, to the handler that was there before
+
+
+def release_cut_reads() -> None:
+    """Free what the interruption being handled holds, before the handler writes to the store.
+
+    A Ctrl-C or SIGTERM that lands while a store read is under way leaves that read's cursor alive
+    in the traceback's frames, and with it SQLite's read lock: this process's own write to mark
+    its trial interrupted would then wait for that lock until the busy timeout (longer than a
+    stopping worker is given). Call it in an `except KeyboardInterrupt` block; elsewhere it does nothing.
+    """
+    error = sys.exc_info()[1]
+    if not isinstance(error, KeyboardInterrupt):
+        return
+    while error is not None:
+        error.__traceback__ = None
+        error = error.__context__
+    gc.collect()
 
 
 def describe_exit(exitcode: int | None) -> str:

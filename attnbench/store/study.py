@@ -10,18 +10,20 @@ import functools
 import json
 import time
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from attnbench.errors import ConfigError
 from attnbench.config.point import Point
+from attnbench.errors import ConfigError
 from attnbench.run.measurements.complexity import MACS, PARAMS
 from attnbench.run.measurements.latency import LATENCY
 from attnbench.run.measurements.training import TOP1
 from attnbench.store.owners import OWNER, owner_record
+from attnbench.store.processes import release_cut_reads, signals_held
 from attnbench.store.storage import ask, open_storage, store_errors
 
 HEADLINE = (PARAMS, MACS, LATENCY, TOP1)  # also stored as user attributes of their own
@@ -83,9 +85,10 @@ def done_keys(study: optuna.Study) -> set[str]:
 
 def start_trial(study: optuna.Study, point: Point) -> optuna.Trial:
     """A RUNNING trial holding the point, committed before measuring, so a crash shows what was running."""
-    trial = ask(study)
-    own_trial(trial)
-    attach_point(trial, point)
+    with signals_held():  # an interruption waits for these writes: no RUNNING trial is left without its owner
+        trial = ask(study)
+        own_trial(trial)
+        attach_point(trial, point)
     return trial
 
 
@@ -117,6 +120,7 @@ def finish_trial(study: optuna.Study, trial: optuna.Trial, result: dict[str, Any
 def fail_trial(study: optuna.Study, trial: optuna.Trial, error: BaseException | str) -> None:
     """Record the error and fail the trial; the grid goes on."""
     message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    release_cut_reads()  # marking a trial interrupted must not wait on a read the interruption cut short
     trial.set_user_attr("error", message.splitlines()[0][:500] if message else "unknown error")
     study.tell(trial, state=TrialState.FAIL)
 

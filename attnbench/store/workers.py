@@ -10,12 +10,13 @@ safe: the lower number may write its claim after the higher one has already chec
 """
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -30,6 +31,7 @@ from attnbench.store.owners import (
     on_this_host,
     owner_alive,
 )
+from attnbench.store.processes import release_cut_reads
 from attnbench.store.study import start_trial, trial_point_key
 
 POLL_SECONDS = 1.0  # how often an idle worker looks for trials of dead workers while others finish theirs
@@ -98,6 +100,16 @@ def reap(study: optuna.Study, on_reaped: Reaped | None = None, *, pid: int | Non
         if on_reaped is not None:
             on_reaped(study, trial)
     return reaped
+
+
+def interrupted_here(study: optuna.Study, interruption: BaseException) -> int:
+    """Mark every RUNNING trial this process owns as interrupted; return how many.
+
+    An interruption may land between a claim and the measurement that follows it (the trial
+    written, the `try` that would mark it not yet entered); this finds such a trial too.
+    """
+    release_cut_reads()
+    return reap(study, pid=os.getpid(), reason=f"interrupted: {type(interruption).__name__}")
 
 
 def recover(study: optuna.Study, on_reaped: Reaped | None = None) -> int:
@@ -187,3 +199,49 @@ def grid_claims(study: optuna.Study, points: Sequence[Point], since: int, poll: 
             time.sleep(random.uniform(0.0, poll / 4))  # break the tie with a worker that gave up too
             continue
         yield todo[0], trial
+
+
+GROUP_RELEASED = "group_released"  # user attribute of a claim given back so that a group is never split
+
+
+def group_claims(study: optuna.Study, groups: Sequence[Sequence[Point]], since: int, poll: float = POLL_SECONDS,
+                 on_wait: Callable[[str], None] | None = None) -> Iterator[list[tuple[Point, optuna.Trial]]]:
+    """Claimed groups: each time, every pending point of one group, so that one worker measures a group together.
+
+    Paired timing compares the points of a group within one process. A group another worker has
+    begun (one of its points RUNNING) is left to it; a claim lost half-way through a group gives
+    back the claims already made (PRUNED, `group_released`), and the group is tried again later.
+    Waits, as grid_claims does, while others still run points of the groups.
+    """
+    keys = {p.key for group in groups for p in group}
+    told = ""
+    while True:
+        recover(study)
+        trials = study.get_trials(deepcopy=False)
+        held = {trial_point_key(t) for t in trials if holds_point(t, since)}
+        running = {trial_point_key(t) for t in trials if t.state == TrialState.RUNNING}
+        todo = [[p for p in group if p.key not in held] for group in groups if not any(p.key in running for p in group)]
+        todo = [group for group in todo if group]
+        if not todo:
+            others = [t for t in trials if t.state == TrialState.RUNNING and trial_point_key(t) in keys]
+            if not others:
+                return
+            message = waiting_for(others)
+            if on_wait is not None and message.split(":")[0] != told.split(":")[0]:
+                on_wait(message)
+            told = message
+            time.sleep(poll)  # another worker runs a group; stay to take over if it dies
+            continue
+        claimed: list[tuple[Point, optuna.Trial]] = []
+        for point in todo[0]:
+            trial = claim(study, point, since)
+            if trial is None:
+                break
+            claimed.append((point, trial))
+        else:
+            yield claimed
+            continue
+        for _, trial in claimed:  # another worker holds part of the group: give the rest back whole
+            trial.set_user_attr(GROUP_RELEASED, True)
+            study.tell(trial, state=TrialState.PRUNED)
+        time.sleep(random.uniform(0.0, poll / 4))
