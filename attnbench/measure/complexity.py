@@ -32,24 +32,27 @@ Conventions (the numbers mean exactly this):
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain
 from math import prod
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from attnbench.modules.slots import attention_slots
 from attnbench.errors import ConfigError
+from attnbench.measure.shapes_only import ValueWatch, shape_kernels
+from attnbench.modules.slots import attention_slots
 
 with warnings.catch_warnings():
     # fvcore.nn's package init scripts its focal loss, which torch flags as deprecated
     warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", DeprecationWarning)
-    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn import FlopCountAnalysis, jit_analysis
     from fvcore.nn.jit_handles import Handle, addmm_flop_jit, bmm_flop_jit, conv_flop_count, get_shape, linear_flop_jit
 
 MACS = "macs"
@@ -279,12 +282,33 @@ FLOP_COUNTER_FORMULAS: dict[str, Callable[..., int]] = {DEFORM_CONV_OP: deform_c
 
 
 class _Analysis(FlopCountAnalysis):
-    """fvcore's analysis with our handle table and our zero-cost list, and silent."""
+    """fvcore's analysis with our handle table and our zero-cost list, and silent.
 
-    def __init__(self, model: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+    With `graphs` (a list), the traced graph is appended to it (the shapes-only count checks it).
+    """
+
+    def __init__(self, model: nn.Module, inputs: tuple[Tensor, ...], graphs: list[Any] | None = None) -> None:
         super().__init__(model, inputs)
+        self._graphs = graphs
         self.clear_op_handles().set_op_handle(**HANDLES)
         self.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("no_tracer_warning")
+
+    def _analyze(self) -> Any:
+        graphs = self._graphs
+        if graphs is None or self._stats is not None:
+            return super()._analyze()
+        trace = jit_analysis._get_scoped_trace_graph
+
+        def kept(*args: Any) -> Any:
+            graph = trace(*args)
+            graphs.append(graph)
+            return graph
+
+        jit_analysis._get_scoped_trace_graph = kept  # under shape_kernels' lock: one trace at a time
+        try:
+            return super()._analyze()
+        finally:
+            jit_analysis._get_scoped_trace_graph = trace
 
     def _should_ignore_node(self, node: Any) -> bool:
         # fvcore's skip list hides ops that compute (relu, clamp, max, eq...); only prim:: plumbing
@@ -356,14 +380,21 @@ def _slot_counts(analysis: _Analysis, name: str, module: nn.Module) -> dict[str,
     }
 
 
-def flop_counter_flops(model: nn.Module, x: Tensor) -> int:
-    """FLOPs `FlopCounterMode` counts for one forward: 2 per MAC of the dense kernels it knows."""
+def flop_counter_flops(model: nn.Module, x: Tensor, *, on_meta: bool = True) -> int:
+    """FLOPs `FlopCounterMode` counts for one forward: 2 per MAC of the dense kernels it knows.
+
+    `on_meta=False` runs the forward where `x` is, as it comes (under shape_kernels: from shapes).
+    """
     mapping = {}
     for name, formula in FLOP_COUNTER_FORMULAS.items():
         namespace, op = name.split("::")
         packet = getattr(getattr(torch.ops, namespace), op, None)  # None: the op's library is not loaded
         if packet is not None:
             mapping[packet] = formula
+    if not on_meta:
+        with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+            model(x)
+        return int(counter.get_total_flops())
     tensors = chain(model.named_parameters(), model.named_buffers())
     state = {name: torch.empty_like(t, device="meta") for name, t in tensors}
     try:
@@ -383,27 +414,79 @@ def _random_input(model: nn.Module, input_shape: tuple[int, ...]) -> Tensor:
     return x if reference is None else x.to(device=reference.device, dtype=reference.dtype)
 
 
-def measure_complexity(model: nn.Module, input_shape: tuple[int, ...], *, cross_check: bool = True) -> ComplexityResult:
-    """Parameters, MACs and FLOPs of `model` on a seeded random input of `input_shape`, in eval mode without grad."""
+def _checked_shape(input_shape: Any) -> tuple[int, ...]:
     if not isinstance(input_shape, (tuple, list)) or not input_shape or not all(
         isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape
     ):
         raise ConfigError("input_shape", input_shape, "a tuple of positive integers, batch first")
-    input_shape = tuple(input_shape)
+    return tuple(input_shape)
+
+
+def measure_complexity(model: nn.Module, input_shape: tuple[int, ...], *, cross_check: bool = True,
+                       shapes_only: bool = False) -> ComplexityResult:
+    """Parameters, MACs and FLOPs of `model` on a seeded random input of `input_shape`, in eval mode without grad.
+
+    `shapes_only`: try `count_shapes_only` first (the same counts without the forward's
+    arithmetic), and trace for real where it cannot vouch for them.
+    """
+    input_shape = _checked_shape(input_shape)
+    if shapes_only and (result := count_shapes_only(model, input_shape)) is not None:
+        return result if cross_check else dataclasses.replace(result, flop_counter_flops=None, cross_check_rel_diff=None)
+    result = _measure(model, input_shape, cross_check=cross_check, shapes_only=False)
+    assert result is not None
+    return result
+
+
+def count_shapes_only(model: nn.Module, input_shape: tuple[int, ...]) -> ComplexityResult | None:
+    """measure_complexity's counts from a trace whose heavy kernels answer from shapes; None where it cannot vouch.
+
+    The trace runs under attnbench.measure.shapes_only.shape_kernels: the graph and its shapes
+    are the real trace's, its arithmetic is skipped, so the weights' values do not matter (a
+    model built on the meta device and given uninitialised memory will do). None when a value
+    computed from the input or the weights reached a shape or Python (ValueWatch), when a kernel
+    could not be stood in for, or when FlopCounterMode's count disagrees with 2 x MACs: count
+    such a model with `measure_complexity` on its initialised weights (values then decide).
+    """
+    return _measure(model, _checked_shape(input_shape), cross_check=True, shapes_only=True)
+
+
+def _measure(model: nn.Module, input_shape: tuple[int, ...], *, cross_check: bool,
+             shapes_only: bool) -> ComplexityResult | None:
+    """measure_complexity's counts; None when a shapes-only trace cannot vouch for them."""
     modes = {module: module.training for module in model.modules()}
     model.eval()
+    watch = ValueWatch()
+    checked: int | None = None
     try:
         with torch.no_grad():
             x = _random_input(model, input_shape)
-            analysis = _Analysis(model, (x,))
-            total = analysis.by_operator()
-            checked = flop_counter_flops(model, x) if cross_check else None
+            if shapes_only:
+                graphs: list[Any] = []
+                try:
+                    with shape_kernels():
+                        with watch.reads_caught():
+                            analysis = _Analysis(model, (x,), graphs)
+                            total = analysis.by_operator()
+                        # FlopCounterMode dispatches above the CPU kernels: the shapes serve it too
+                        checked = flop_counter_flops(model, x, on_meta=False)
+                except Exception:  # a kernel the shapes cannot stand in for: count the ordinary way
+                    return None
+                for graph in graphs:
+                    watch.check_graph(graph)
+                if not watch.exact:
+                    return None
+            else:
+                analysis = _Analysis(model, (x,))
+                total = analysis.by_operator()
+                checked = flop_counter_flops(model, x) if cross_check else None
     finally:
         for module, training in modes.items():
             module.training = training
 
     macs_by_op, elementwise_by_op = _split(total)
     macs, elementwise_flops = sum(macs_by_op.values()), sum(elementwise_by_op.values())
+    if shapes_only and checked != 2 * macs:
+        return None  # the independent counter disagrees: let the ordinary trace say so
     ops = sorted(macs_by_op.keys() | elementwise_by_op.keys())
     slots = attention_slots(model)
     params = _count(list(model.parameters()))

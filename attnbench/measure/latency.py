@@ -12,8 +12,10 @@ import gc
 import os
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, ContextManager, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -78,7 +80,7 @@ def check_positive_int(key: str, value: Any, low: int = 1) -> None:
         raise ConfigError(key, value, f"an integer >= {low}")
 
 
-def autocast(device: str, dtype: str, cache_enabled: bool = True) -> ContextManager[Any]:
+def autocast(device: str, dtype: str, cache_enabled: bool = True) -> AbstractContextManager[Any]:
     """Autocast to `dtype` on `device`; a no-op for fp32."""
     if dtype == "fp32":
         return contextlib.nullcontext()
@@ -183,20 +185,14 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int], options: Laten
     options = options or LatencyOptions()
     options.validate()
     shape = check_input_shape(input_shape)
-    was_training = model.training
-    model.eval()
-    try:
-        with fixed_threads(options.threads) as threads:
-            model.to(options.device)
-            if options.channels_last:
-                model.to(memory_format=torch.channels_last)
-            x = random_input((options.batch_size, *shape), options.device, options.seed, options.channels_last)
-            runner = torch.compile(model, mode=options.compile_mode) if options.compile else model
-            # Graph capture must not reuse autocast's cast cache from outside the graph.
-            with torch.no_grad(), autocast(options.device, options.dtype, cache_enabled=not options.cuda_graphs):
-                times = _time_cuda(runner, x, options) if options.device == "cuda" else _time_cpu(runner, x, options)
-    finally:
-        model.train(was_training)
+    with fixed_threads(options.threads) as threads, timing_context(options), Timed(model, shape, options) as timed:
+        timed.warm(options.warmup)
+        times = _rounds(timed.sample, options)
+    return latency_result(times, threads, shape, options)
+
+
+def latency_result(times: Sequence[float], threads: int, input_shape: tuple[int, ...], options: LatencyOptions) -> LatencyResult:
+    """The summary of per-forward times (ms) taken under `options`."""
     summary = summarize(times)
     return LatencyResult(
         median_ms=summary.median,
@@ -208,10 +204,73 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int], options: Laten
         samples=summary.count,
         throughput_ips=options.batch_size / (summary.median / 1e3),
         threads=threads,
-        input_shape=shape,
+        input_shape=input_shape,
         options=options,
         times_ms=tuple(times),
     )
+
+
+@contextlib.contextmanager
+def timing_context(options: LatencyOptions) -> Iterator[None]:
+    """no_grad and the options' autocast, around every forward timed under `options`."""
+    # Graph capture must not reuse autocast's cast cache from outside the graph.
+    with torch.no_grad(), autocast(options.device, options.dtype, cache_enabled=not options.cuda_graphs):
+        yield
+
+
+class Timed:
+    """One model made ready to time under `options`: on its device and layout, its input drawn, compiled or captured.
+
+    `warm(n)` runs n untimed forwards; `sample(n)` returns n per-forward times in ms (CUDA events on
+    a GPU, perf_counter with the garbage collector paused on the CPU). Use inside `fixed_threads`
+    and `timing_context`; leaving restores the model's train/eval mode. Several may be ready at once
+    (paired timing alternates between them).
+    """
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], options: LatencyOptions) -> None:
+        self.model, self.input_shape, self.options = model, input_shape, options
+        self._step: Callable[[], Any] | None = None
+        self._flush: Callable[[], Any] | None = None
+
+    def __enter__(self) -> Timed:
+        options = self.options
+        self._was_training = self.model.training
+        self.model.eval()
+        self.model.to(options.device)
+        if options.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        x = random_input((options.batch_size, *self.input_shape), options.device, options.seed, options.channels_last)
+        runner = torch.compile(self.model, mode=options.compile_mode) if options.compile else self.model
+        if options.device == "cuda" and options.cuda_graphs:
+            self._step = _capture_graph(runner, x, options.warmup)
+        else:
+            self._step = lambda: runner(x)
+        self._flush = _l2_flusher() if options.device == "cuda" and options.cold_l2 else None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.model.train(self._was_training)
+        self._step = self._flush = None
+
+    def forward(self) -> None:
+        """One untimed forward (no L2 flush, no synchronisation): for another timer to time."""
+        assert self._step is not None, "use Timed as a context manager"
+        self._step()
+
+    def warm(self, count: int) -> None:
+        """`count` untimed forwards (a GPU's queue drained after them)."""
+        assert self._step is not None, "use Timed as a context manager"
+        for _ in range(count):
+            self._step()
+        if self.options.device == "cuda":
+            torch.cuda.synchronize()
+
+    def sample(self, count: int) -> list[float]:
+        """`count` timed forwards, ms each."""
+        assert self._step is not None, "use Timed as a context manager"
+        if self.options.device == "cuda":
+            return _cuda_samples(self._step, count, self._flush)
+        return _cpu_samples(self._step, count)
 
 
 def _rounds(run_round: Callable[[int], list[float]], options: LatencyOptions) -> list[float]:
@@ -221,51 +280,37 @@ def _rounds(run_round: Callable[[int], list[float]], options: LatencyOptions) ->
     return times
 
 
-def _time_cpu(runner: Callable[[Tensor], Any], x: Tensor, options: LatencyOptions) -> list[float]:
-    def run_round(count: int) -> list[float]:
-        out = []
-        for _ in range(count):
-            start = time.perf_counter()
-            runner(x)
-            out.append((time.perf_counter() - start) * 1e3)
-        return out
-
-    for _ in range(options.warmup):
-        runner(x)
+def _cpu_samples(step: Callable[[], Any], count: int) -> list[float]:
     # As timeit does: a collection pause inside one repeat is not the model's latency.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _rounds(run_round, options)
+        out = []
+        for _ in range(count):
+            start = time.perf_counter()
+            step()
+            out.append((time.perf_counter() - start) * 1e3)
+        return out
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
-def _time_cuda(runner: Callable[[Tensor], Any], x: Tensor, options: LatencyOptions) -> list[float]:
-    step: Callable[[], Any] = (lambda: runner(x)) if not options.cuda_graphs else _capture_graph(runner, x, options.warmup)
-    flush = _l2_flusher() if options.cold_l2 else None
-
-    def run_round(count: int) -> list[float]:
-        pairs = []
-        for _ in range(count):
-            if flush is not None:
-                flush()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            pairs.append((start, end))
-        torch.cuda.synchronize()
-        return [start.elapsed_time(end) for start, end in pairs]
-
-    for _ in range(options.warmup):
+def _cuda_samples(step: Callable[[], Any], count: int, flush: Callable[[], None] | None) -> list[float]:
+    pairs = []
+    for _ in range(count):
+        if flush is not None:
+            flush()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         step()
+        end.record()
+        pairs.append((start, end))
     torch.cuda.synchronize()
-    return _rounds(run_round, options)
+    return [start.elapsed_time(end) for start, end in pairs]
 
 
-def _capture_graph(runner: Callable[[Tensor], Any], x: Tensor, warmup: int) -> Callable[[], None]:
+def _capture_graph(runner: Callable[[Tensor], Any], x: Tensor, warmup: int) -> Callable[[], Any]:
     # Eager iterations on a side stream first (CUDA graphs docs): lazy init and cuDNN algorithm
     # choice must happen outside the capture.
     stream = torch.cuda.Stream()
@@ -280,7 +325,7 @@ def _capture_graph(runner: Callable[[Tensor], Any], x: Tensor, warmup: int) -> C
     return graph.replay
 
 
-def _l2_flusher() -> Callable[[], None]:
+def _l2_flusher() -> Callable[[], Any]:
     l2_bytes = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 0) or _FALLBACK_L2_BYTES
     buffer = torch.empty(2 * l2_bytes, dtype=torch.uint8, device="cuda")
     return lambda: buffer.fill_(1)

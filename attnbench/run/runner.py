@@ -8,20 +8,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from attnbench.config.point import Point
 from attnbench.errors import ConfigError, check_keys
 from attnbench.measure.environment import environment_record
+from attnbench.measure.latency import LatencyOptions
 from attnbench.run.capacity import check_capacity
 from attnbench.run.columns import column, family
-from attnbench.measure.latency import LatencyOptions
 from attnbench.run.measurements import MEASUREMENTS, EpochCallback, PointRun, Shared, in_order
-from attnbench.run.measurements.latency import for_point
+from attnbench.run.measurements.latency import for_point, group_key
 
 DEVICES = ("cpu", "cuda", "auto")
 SHARED_KEYS = ("oom_floor", "oom_retry")
@@ -47,7 +48,7 @@ class RunOptions:
         """Whether measurement `name` runs for every point."""
         return MEASUREMENTS.get(name, "measurement").section == "always" or name in self.settings
 
-    def without(self, name: str) -> "RunOptions":
+    def without(self, name: str) -> RunOptions:
         """The same options with measurement `name` switched off."""
         return dataclasses.replace(self, settings={k: v for k, v in self.settings.items() if k != name})
 
@@ -57,7 +58,7 @@ class RunOptions:
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.device
 
-    def validate(self, points: tuple[Point, ...] = ()) -> "RunOptions":
+    def validate(self, points: tuple[Point, ...] = ()) -> RunOptions:
         """Raise ConfigError for options this machine cannot honour, before anything runs."""
         if self.device not in DEVICES:
             raise ConfigError("device", self.device, "one of " + ", ".join(DEVICES))
@@ -125,16 +126,94 @@ def run_point(point: Point, options: RunOptions, on_epoch: EpochCallback | None 
     """Measure one point; raises on failure (the grid records the error and goes on)."""
     started = time.perf_counter()
     device = options.resolved_device()
-    run = PointRun(point, device, options.shared, on_epoch)
+    enabled = [m for m in in_order() if options.enabled(m.name)]
+    run = PointRun(point, device, options.shared, on_epoch, needs_weights=any(m.needs_weights for m in enabled))
     row: dict[str, Any] = {}
-    for measurement in in_order():
-        if options.enabled(measurement.name):
-            row.update(measurement.run(run, options.settings.get(measurement.name)))
-            if measurement.name == "complexity":  # where every later row key has always stood
-                row[DEVICE.key] = device
-                row.update(_environment(device))
+    for measurement in enabled:
+        row.update(measurement.run(run, options.settings.get(measurement.name)))
+        if measurement.name == "complexity":  # where every later row key has always stood
+            row[DEVICE.key] = device
+            row.update(_environment(device))
     row[SECONDS.key] = round(time.perf_counter() - started, 3)
     return row
+
+
+def grouped_measurements(options: RunOptions) -> list[str]:
+    """The enabled measurements that measure a comparison group together under these options (paired latency)."""
+    return [m.name for m in in_order() if options.enabled(m.name) and m.grouped(options.settings.get(m.name))]
+
+
+def comparison_groups(points: Sequence[Point]) -> list[list[Point]]:
+    """The points by comparison group (attnbench.run.measurements.latency.group_key), baselines first, in file order."""
+    groups: dict[tuple[Any, ...], list[Point]] = {}
+    for point in points:
+        groups.setdefault(group_key(point), []).append(point)
+    return [sorted(members, key=lambda p: p.attention != "none") for members in groups.values()]
+
+
+def run_group(points: Sequence[Point], options: RunOptions,
+              on_epoch: Callable[[Point], EpochCallback | None] | None = None) -> list[dict[str, Any] | BaseException]:
+    """Measure the points of one comparison group: the grouped measurements once for all, the others point by point.
+
+    Returns each point's row, or the exception it failed with (one point failing leaves the others).
+    Measurements before the first grouped one run for every point first; after the last, each
+    point is finished and its model released before the next point's.
+    """
+    device = options.resolved_device()
+    enabled = [m for m in in_order() if options.enabled(m.name)]
+    needs_weights = any(m.needs_weights for m in enabled)
+    runs = [PointRun(p, device, options.shared, None if on_epoch is None else on_epoch(p), needs_weights=needs_weights)
+            for p in points]
+    rows: list[dict[str, Any]] = [{} for _ in points]
+    failed: dict[int, BaseException] = {}
+    seconds = [0.0] * len(points)
+    grouped = [i for i, m in enumerate(enabled) if m.grouped(options.settings.get(m.name))]
+    last = grouped[-1] if grouped else -1
+
+    def one(index: int, measurement: Any) -> None:
+        started = time.perf_counter()
+        try:
+            rows[index].update(measurement.run(runs[index], options.settings.get(measurement.name)))
+            if measurement.name == "complexity":
+                rows[index][DEVICE.key] = device
+                rows[index].update(_environment(device))
+        except Exception as error:  # noqa: BLE001 - recorded with the point
+            failed[index] = error
+        seconds[index] += time.perf_counter() - started
+
+    for position, measurement in enumerate(enabled[:last + 1]):
+        live = [i for i in range(len(points)) if i not in failed]
+        if position not in grouped:
+            for index in live:
+                one(index, measurement)
+            continue
+        started = time.perf_counter()
+        try:
+            results = measurement.run_group([runs[i] for i in live], options.settings.get(measurement.name))
+        except Exception as error:  # noqa: BLE001 - the whole group's measurement failed: every point with it
+            results = [error] * len(live)
+        share = (time.perf_counter() - started) / max(len(live), 1)
+        for index, result in zip(live, results):
+            seconds[index] += share
+            if isinstance(result, BaseException):
+                failed[index] = result
+            else:
+                rows[index].update(result)
+    for index in range(len(points)):
+        if index not in failed:
+            for measurement in enabled[last + 1:]:
+                if index not in failed:
+                    one(index, measurement)
+        runs[index].__dict__.pop("model", None)  # the next points' models need the room
+        runs[index].__dict__.pop("counting_model", None)
+    out: list[dict[str, Any] | BaseException] = []
+    for index, row in enumerate(rows):
+        if index in failed:
+            out.append(failed[index])
+        else:
+            row[SECONDS.key] = round(seconds[index], 3)
+            out.append(row)
+    return out
 
 
 def _flat(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:

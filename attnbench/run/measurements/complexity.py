@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from attnbench.measure.complexity import measure_complexity
+from attnbench.measure.complexity import count_shapes_only, measure_complexity
 from attnbench.run.columns import Column, column, family
 from attnbench.run.measurements.base import Measurement, PointRun
 from attnbench.run.measurements.registry import register_measurement
@@ -31,6 +31,7 @@ class Complexity(Measurement):
     name = "complexity"
     section = "always"
     order = 10
+    needs_weights = False  # counts read shapes (PointRun.counting_model)
     columns: ClassVar[tuple[Column, ...]] = (PARAMS, ATTENTION_PARAMS, ATTENTION_SHARE, MACS, ELEMENTWISE, FLOPS,
                                              CROSS_CHECK, CROSS_CHECK_DIFF, UNCOUNTED, UNCALLED, INPUT_SHAPE)
 
@@ -38,7 +39,10 @@ class Complexity(Measurement):
         return True
 
     def run(self, run: PointRun, settings: Any) -> dict[str, Any]:
-        result = measure_complexity(run.model, (1, *run.point.input_shape[1:]))
+        shape = (1, *run.point.input_shape[1:])
+        # shapes only (no arithmetic, no initialised weights needed); a model whose values could shape its
+        # graph is counted on its initialised weights, as before
+        result = count_shapes_only(run.counting_model, shape) or measure_complexity(run.model, shape)
         run.results[self.name] = result
         row: dict[str, Any] = {
             INPUT_SHAPE.key: list(result.input_shape), PARAMS.key: result.params,

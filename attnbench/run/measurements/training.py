@@ -57,6 +57,7 @@ class Training(Measurement):
     name = "training"
     section = "train"
     order = 90
+    needs_weights = False  # builds its own model per seed
     columns: ClassVar[tuple[Column, ...]] = (TOP1, TOP1_STD, TOP1_CI, TOP1_SEEDS, TRAIN_SEEDS, TOP5, SEEDS, EPOCHS, TRAIN_SECONDS,
                                              TRAIN_THROUGHPUT, CURVES)
 
