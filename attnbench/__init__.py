@@ -6,7 +6,7 @@ The notebook API: `build_module`, `build_model`, `measure_complexity`, and for a
 """
 from attnbench.backbones import build_model
 from attnbench.backbones.custom import attach, custom_backbone
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.measure.complexity import measure_complexity
 from attnbench.modules import build_module
 

@@ -129,7 +129,7 @@ def _reproduce(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status: 0 done, 1 some points failed, 2 bad input, 130/143 interrupted."""
     args = _parser().parse_args(argv)
-    from attnbench.errors import ConfigError
+    from attnbench.core.errors import ConfigError
     from attnbench.store.processes import Terminated, terminate_as_interrupt
     from attnbench.store.storage import redact
 

@@ -126,7 +126,7 @@ def cuda_tests(sizes: Sizes, dry: bool) -> Callable[[Stage], None]:
 def module_points(sizes: Sizes) -> list[Any]:
     """The group: the baseline and every module (or the dry run's few) at paper defaults."""
     from attnbench.config.point import make_point
-    from attnbench.errors import ConfigError
+    from attnbench.core.errors import ConfigError
     from attnbench.modules import module_names
 
     names = ["none", *(sizes.modules if sizes.modules is not None else [n for n in module_names() if n != "none"])]
@@ -435,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from attnbench.errors import ConfigError
+    from attnbench.core.errors import ConfigError
 
     if not args.dry_run and not torch.cuda.is_available():
         print("python -m attnbench.gpucheck: error: " + str(ConfigError(

@@ -14,10 +14,10 @@ import pytest
 import torch
 import yaml
 
-from attnbench.config.ablation import parse_ablation
 from attnbench.cli import main
-from attnbench.store.grid import run_grid
+from attnbench.config.ablation import parse_ablation
 from attnbench.run.runner import RunOptions
+from attnbench.store.grid import run_grid
 from attnbench.store.study import default_storage, open_study, trial_rows
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.measure import ComplexityResult, complexity, measure_complexity
 from attnbench.modules import build_module
 from attnbench.modules.dcn import TORCHVISION_DEFORM, DeformConv

@@ -19,7 +19,7 @@ import torch
 from attnbench.backbones import backbone_names, build_model, get_backbone_entry
 from attnbench.cli import main
 from attnbench.config.point import make_point
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.measure.complexity import measure_complexity
 from attnbench.modules import get_module_entry, module_names
 from attnbench.modules.slots import attention_slots
@@ -124,7 +124,7 @@ def test_every_module_derives_a_search_space(module: str) -> None:
 
 
 def _narrowed(hp: object) -> object:
-    from attnbench.hparams import Float, Int
+    from attnbench.modules.hparams import Float, Int
 
     if isinstance(hp, (Int, Float)) and getattr(hp, "none_means", None) is None:
         return {"low": hp.default, "high": hp.default}

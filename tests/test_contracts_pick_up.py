@@ -12,7 +12,7 @@ THROWAWAY = '''
 import torch
 from torch import nn
 
-from attnbench.hparams import Float
+from attnbench.modules.hparams import Float
 from attnbench.modules.registry import register_module
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.train import DataSpec, StreamSplit, TensorSplit, check_dataset, load_dataset
 from attnbench.train.augment import AugmentSpec, BatchAugment, random_crop, random_hflip
 

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from attnbench import build_model, measure_complexity
 from attnbench.backbones import attention_slots
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.modules import build_module
 from attnbench.modules.dcn import TORCHVISION_DEFORM, DeformConv, dilation_shift
 from attnbench.modules.deform_sampling import deform_conv2d

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.measure.environment import environment_record, parse_smi_csv
 
 KEYS = {

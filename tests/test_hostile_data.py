@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile import assert_one_line_refusal, completed_rows, write
 from PIL import Image
 
 from attnbench.cli import main
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.train import DataSpec, load_dataset
 from attnbench.train.safe_pickle import UnsafePickleError, load_data_pickle
-from hostile import assert_one_line_refusal, completed_rows, write
 
 CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 

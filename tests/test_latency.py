@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 from attnbench.backbones import build_model
-from attnbench.modules.slots import Site, SlotPlan
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.measure import slot_shapes
 from attnbench.measure.latency import LatencyOptions, measure_latency, random_input
 from attnbench.measure.slot_shapes import measure_slots, module_signature, record_slot_shapes
 from attnbench.measure.stats import percentile, summarize
+from attnbench.modules.slots import Site, SlotPlan
 
 FAST = dict(warmup=1, repeats=3)
 

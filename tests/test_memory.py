@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.measure.memory import cpu_peak_from_trace, is_oom, measure_memory, with_oom_retry
 
 F32 = 4

@@ -13,7 +13,7 @@ from torch import nn
 
 from attnbench.config.ablation import parse_ablation
 from attnbench.config.point import make_point
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.measure.latency import LatencyOptions
 from attnbench.measure.paired import AA, PairedOptions, measure_paired, paired_change, rounds_for, sequential_change
 from attnbench.run.columns import declared

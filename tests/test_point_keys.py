@@ -8,8 +8,8 @@ import pytest
 
 from attnbench.config.ablation import parse_ablation
 from attnbench.config.point import Point, make_point
-from attnbench.hparams import Int, Schema
 from attnbench.modules import get_module_entry, registry
+from attnbench.modules.hparams import Int, Schema
 from attnbench.run.runner import RunOptions
 from attnbench.store.grid import run_grid
 from attnbench.store.study import open_study, trial_point_key

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.store.storage import open_storage
 
 URL = os.environ.get("ATTNBENCH_TEST_POSTGRES_URL", "")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.measure.profile import profile_model
 
 

@@ -7,7 +7,6 @@ search study's sampled points, and a latency study with paired timing columns.
 from __future__ import annotations
 
 import math
-
 import re
 import shutil
 import subprocess

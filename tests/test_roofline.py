@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.measure.roofline import PEAKS, device_peaks, minimum_bytes, roofline
 
 

@@ -14,7 +14,7 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from attnbench.config.ablation import parse_ablation
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.run.runner import RunOptions
 from attnbench.search import Base, export_search, open_search_study, parse_search, parse_space, run_search
 from attnbench.store.storage import redact

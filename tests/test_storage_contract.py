@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from attnbench.config.ablation import parse_ablation
 from attnbench.config.point import Point
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.run.runner import RunOptions
 from attnbench.search import open_search_study, parse_search
 from attnbench.store.backends import BACKENDS

@@ -219,7 +219,7 @@ def test_default_mode_follows_wandb_mode(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_bad_mode_is_a_config_error(tmp_path: Path) -> None:
-    from attnbench.errors import ConfigError
+    from attnbench.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="wandb='onlin'"):
         StudyTracker("s", "onlin", tmp_path)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.train import (
     DataSpec,
     TensorSplit,

@@ -21,13 +21,13 @@ import pytest
 from optuna.trial import TrialState
 
 from attnbench.config.ablation import parse_ablation
-from attnbench.errors import ConfigError
-from attnbench.store.grid import run_grid
+from attnbench.config.point import Point
+from attnbench.core.errors import ConfigError
 from attnbench.run.runner import RunOptions
 from attnbench.search import open_search_study, parse_search, run_search, tally
-from attnbench.config.point import Point
-from attnbench.store.study import attach_point, open_study, trial_rows
+from attnbench.store.grid import run_grid
 from attnbench.store.processes import run_in_workers
+from attnbench.store.study import attach_point, open_study, trial_rows
 from attnbench.store.workers import claim, holds_point, keep_claim, last_trial_number
 
 ROOT = Path(__file__).resolve().parents[1]

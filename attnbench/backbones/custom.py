@@ -52,8 +52,8 @@ import torch
 from torch import Tensor, nn
 
 from attnbench.backbones.registry import BackboneEntry, backbone_names, register_backbone
+from attnbench.core.errors import ConfigError, check_keys
 from attnbench.core.modes import eval_mode
-from attnbench.errors import ConfigError, check_keys
 from attnbench.modules.registry import ModuleEntry, get_module_entry
 from attnbench.modules.slots import CONV_POSITION, Planner, Site, SiteProbe, SlotPlan, needs_feature_size
 

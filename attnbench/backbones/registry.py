@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from attnbench.core.checks import check_int, is_int
+from attnbench.core.errors import ConfigError
 from attnbench.core.registry import Registry
-from attnbench.errors import ConfigError
 from attnbench.modules.registry import ModuleEntry, get_module_entry
 from attnbench.modules.slots import Planner, Site, SiteProbe, SlotPlan, needs_feature_size
 

@@ -46,8 +46,8 @@ import yaml
 from attnbench.backbones.custom import CustomBackbone, is_custom_item, parse_backbone_item
 from attnbench.config.point import DTYPES, Point, make_point
 from attnbench.core.checks import check_int_list
+from attnbench.core.errors import ConfigError, check_keys
 from attnbench.core.paths import check_study_name
-from attnbench.errors import ConfigError, check_keys
 
 TOP_KEYS = ("name", "description", "backbones", "input_size", "num_classes", "batch_sizes", "dtypes", "channels_last",
             "placement", "variants", "measure", "train", "search")

@@ -9,8 +9,8 @@ from typing import Any
 
 from attnbench.backbones import default_placement, get_backbone_entry, plan_slots
 from attnbench.core.checks import check_int
+from attnbench.core.errors import ConfigError
 from attnbench.core.precision import PRECISIONS
-from attnbench.errors import ConfigError
 from attnbench.modules import get_module_entry
 
 DTYPES = tuple(PRECISIONS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 
 
 def is_int(value: Any) -> bool:

@@ -10,7 +10,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 
 MAX_NAME_BYTES = 200  # below the 255 bytes of a file name on common file systems, leaving room for suffixes
 ALLOWED = ("a study name usable as one folder name: not empty, not '.' or '..', no '/' or '\\', "

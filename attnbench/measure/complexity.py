@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.measure.shapes_only import ValueWatch, shape_kernels
 from attnbench.modules.slots import attention_slots
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.measure.latency import (
     LatencyOptions,
     LatencyResult,

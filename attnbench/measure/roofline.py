@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from attnbench.core.checks import check_number
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.measure.latency import DTYPES, check_input_shape, check_positive_int
 
 # Dense (no 2:4 sparsity) peaks from NVIDIA's datasheets / whitepapers, bytes/s and FLOP/s. Datasheet

@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from attnbench.hparams import Choice, Int, Subset
 from attnbench.modules.gates import reduced_channels_check
+from attnbench.modules.hparams import Choice, Int, Subset
 from attnbench.modules.registry import Placement, register_module
 
 COMBINES = ("product", "sum", "max")

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from attnbench.hparams import Choice, Int, Subset
 from attnbench.modules.gates import reduced_channels_check
+from attnbench.modules.hparams import Choice, Int, Subset
 from attnbench.modules.registry import register_module
 
 POOL_TYPES = ("avg", "max", "lp", "lse")

@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from attnbench.hparams import Int
 from attnbench.modules.gates import reduced_channels_check
+from attnbench.modules.hparams import Int
 from attnbench.modules.registry import register_module
 
 

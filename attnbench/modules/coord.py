@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from attnbench.hparams import Int, Subset
+from attnbench.modules.hparams import Int, Subset
 from attnbench.modules.registry import register_module
 
 DIRECTIONS = ("h", "w")

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attnbench.errors import ConfigError
-from attnbench.hparams import Choice
+from attnbench.core.errors import ConfigError
+from attnbench.modules.hparams import Choice
 from attnbench.modules.registry import register_module
 
 MODES = ("both", "pam", "cam")

@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attnbench.errors import ConfigError
-from attnbench.hparams import Bool, Choice, Int
+from attnbench.core.errors import ConfigError
 from attnbench.modules.deform_sampling import deform_conv2d
+from attnbench.modules.hparams import Bool, Choice, Int
 from attnbench.modules.registry import register_module
 
 try:

@@ -15,7 +15,7 @@ import math
 
 from torch import Tensor, nn
 
-from attnbench.hparams import Int
+from attnbench.modules.hparams import Int
 from attnbench.modules.registry import register_module
 
 # the official releases' per-stage kernels (README model zoo: eca_resnet50_k3557, eca_resnet101_k3357, ...)

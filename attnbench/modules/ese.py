@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from attnbench.hparams import Choice
 from attnbench.modules.gates import GATES, apply_gate
+from attnbench.modules.hparams import Choice
 from attnbench.modules.registry import register_module
 
 

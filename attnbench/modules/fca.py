@@ -28,8 +28,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from attnbench.errors import ConfigError
-from attnbench.hparams import Choice, Int
+from attnbench.core.errors import ConfigError
+from attnbench.modules.hparams import Choice, Int
 from attnbench.modules.registry import register_module
 
 # Frequency indices (u along H, v along W) on the 7x7 grid, in the order of the official

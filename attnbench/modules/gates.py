@@ -7,7 +7,7 @@ from typing import Any
 from torch import Tensor
 from torch.nn import functional as F
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 
 GATES = ("sigmoid", "hard_sigmoid")
 

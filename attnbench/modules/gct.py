@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from attnbench.hparams import Bool, Choice, Float
+from attnbench.modules.hparams import Bool, Choice, Float
 from attnbench.modules.registry import register_module
 
 MODES = ("l2", "l1")

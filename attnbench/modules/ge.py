@@ -27,8 +27,8 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from attnbench.errors import ConfigError
-from attnbench.hparams import Choice, Int
+from attnbench.core.errors import ConfigError
+from attnbench.modules.hparams import Choice, Int
 from attnbench.modules.registry import register_module
 
 VARIANTS = ("theta_minus", "theta", "theta_plus")

@@ -11,8 +11,8 @@ import math
 
 from torch import Tensor, nn
 
-from attnbench.errors import ConfigError
-from attnbench.hparams import Bool, Choice, Int
+from attnbench.core.errors import ConfigError
+from attnbench.modules.hparams import Bool, Choice, Int
 from attnbench.modules.registry import register_module
 
 

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attnbench.errors import ConfigError
-from attnbench.hparams import Int, Subset
+from attnbench.core.errors import ConfigError
+from attnbench.modules.hparams import Int, Subset
 from attnbench.modules.registry import Placement, register_module
 
 POOLS = ("avg", "max")  # the official concatenation order

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from attnbench.hparams import Int, OddKernels
+from attnbench.modules.hparams import Int, OddKernels
 from attnbench.modules.registry import register_module
 
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from attnbench.hparams import Bool, Choice, Int
 from attnbench.modules.gates import reduced_channels_check
+from attnbench.modules.hparams import Bool, Choice, Int
 from attnbench.modules.registry import Placement, register_module
 
 MODES = ("embedded_gaussian", "gaussian", "dot_product", "concatenation")

@@ -30,8 +30,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from attnbench.errors import ConfigError
-from attnbench.hparams import Bool, Int
+from attnbench.core.errors import ConfigError
+from attnbench.modules.hparams import Bool, Int
 from attnbench.modules.registry import Placement, register_module
 
 

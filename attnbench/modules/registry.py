@@ -8,9 +8,9 @@ from typing import Any, Literal
 
 from torch import nn
 
+from attnbench.core.errors import ConfigError
 from attnbench.core.registry import Registry
-from attnbench.errors import ConfigError
-from attnbench.hparams import HParam, Schema
+from attnbench.modules.hparams import HParam, Schema
 
 # "gate": same shape in and out, placed on a feature map (se, cbam, eca, lka, msca, none).
 # "conv": replaces a 3x3 convolution of the backbone (dcn); built with out_channels and stride.

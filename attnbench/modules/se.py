@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from attnbench.hparams import Bool, Choice, Float, Int
 from attnbench.modules.gates import GATES, apply_gate, reduced_channels_check, reduced_width
+from attnbench.modules.hparams import Bool, Choice, Float, Int
 from attnbench.modules.registry import register_module
 
 

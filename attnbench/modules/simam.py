@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from attnbench.hparams import Float
+from attnbench.modules.hparams import Float
 from attnbench.modules.registry import register_module
 
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from attnbench.errors import ConfigError
-from attnbench.hparams import Bool, Int, OddKernels
+from attnbench.core.errors import ConfigError
+from attnbench.modules.hparams import Bool, Int, OddKernels
 from attnbench.modules.registry import Placement, register_module
 
 

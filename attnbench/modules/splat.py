@@ -23,8 +23,8 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from attnbench.errors import ConfigError
-from attnbench.hparams import Bool, Int
+from attnbench.core.errors import ConfigError
+from attnbench.modules.hparams import Bool, Int
 from attnbench.modules.registry import Placement, register_module
 
 MIN_INTER_CHANNELS = 32  # the official floor of c'

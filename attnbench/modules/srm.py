@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from attnbench.hparams import Subset
+from attnbench.modules.hparams import Subset
 from attnbench.modules.registry import register_module
 
 STYLES = ("mean", "std")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from attnbench.hparams import Bool, Int
+from attnbench.modules.hparams import Bool, Int
 from attnbench.modules.registry import register_module
 
 

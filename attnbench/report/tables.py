@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.report.common import GROUP, GROUP_DEFAULTS
 from attnbench.report.significance import add_top1_tests, interval_text, latency_change, p_text
 

@@ -29,7 +29,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.report.tables import points_frame
 from attnbench.store.storage import redact
 from attnbench.store.study import trial_rows

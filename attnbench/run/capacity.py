@@ -14,7 +14,7 @@ import torch
 
 from attnbench.backbones import get_backbone_entry, probe_sites
 from attnbench.config.point import Point
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 
 BYTES_PER_VALUE = 4  # fp32; autocast keeps weights and many activations in fp32 too
 LIVE_COPIES = 2  # a layer's input and output are alive together

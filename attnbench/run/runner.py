@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from attnbench.config.point import Point
-from attnbench.errors import ConfigError, check_keys
+from attnbench.core.errors import ConfigError, check_keys
 from attnbench.measure.environment import environment_record
 from attnbench.measure.latency import LatencyOptions
 from attnbench.run.capacity import check_capacity

@@ -4,8 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from attnbench.errors import ConfigError, check_keys
-from attnbench.hparams import as_float
+from attnbench.core.errors import ConfigError, check_keys
+from attnbench.modules.hparams import as_float
 
 
 def numbers_read(cls: type, values: dict[str, Any]) -> dict[str, Any]:

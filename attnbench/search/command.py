@@ -5,11 +5,11 @@ import argparse
 import sys
 
 from attnbench.config.ablation import load_ablation
+from attnbench.core.paths import check_writable, study_dir
 from attnbench.run.runner import options_for
 from attnbench.search.export import export_search, front_table
 from attnbench.search.loop import open_search_study, run_search
 from attnbench.search.setup import parse_search
-from attnbench.core.paths import check_writable, study_dir
 from attnbench.store.study import default_storage
 
 

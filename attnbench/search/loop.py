@@ -20,17 +20,17 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
+from attnbench.config.point import Point
 from attnbench.core.checks import check_int
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.run.measurements import EpochCallback
 from attnbench.run.runner import RunOptions, run_point
 from attnbench.search.objectives import metric_value, pruning_callback, set_constraints
 from attnbench.search.samplers import make_pruner, make_sampler
 from attnbench.search.setup import SearchSetup
-from attnbench.config.point import Point
+from attnbench.store.processes import run_in_workers, signals_held
 from attnbench.store.storage import ask, open_storage, retry_callback, store_errors
 from attnbench.store.study import attach_point, fail_trial, own_trial, trial_point_key
-from attnbench.store.processes import run_in_workers, signals_held
 from attnbench.store.workers import DIED, POLL_SECONDS, interrupted_here, keep_alive, reap, recover
 
 Run = Callable[[Point, RunOptions, EpochCallback | None], dict[str, Any]]

@@ -18,8 +18,8 @@ from typing import Any
 
 import optuna
 
-from attnbench.errors import ConfigError
-from attnbench.hparams import as_float
+from attnbench.core.errors import ConfigError
+from attnbench.modules.hparams import as_float
 from attnbench.run.columns import Column
 from attnbench.run.measurements import complexity, latency, memory, training
 

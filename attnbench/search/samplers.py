@@ -20,7 +20,7 @@ from optuna.pruners import BasePruner, MedianPruner, NopPruner, SuccessiveHalvin
 from optuna.samplers import BaseSampler, CmaEsSampler, NSGAIISampler, RandomSampler, TPESampler
 
 from attnbench.core.checks import check_int
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.search.objectives import Metric
 
 # name -> {option in the file: keyword of the Optuna class}

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 from attnbench.config.ablation import Ablation
 from attnbench.core.checks import check_int
+from attnbench.core.errors import ConfigError, check_keys
 from attnbench.core.paths import check_study_name
-from attnbench.errors import ConfigError, check_keys
 from attnbench.run.runner import parse_options
 from attnbench.search.objectives import METRICS, Metric, parse_budgets, parse_objectives
 from attnbench.search.samplers import Algorithm, parse_pruner, parse_sampler

@@ -32,9 +32,9 @@ from optuna.distributions import (
 
 from attnbench.backbones import get_backbone_entry
 from attnbench.config.point import Point, make_point
-from attnbench.errors import ConfigError
-from attnbench.hparams import Bool, Choice, Float, HParam, Int, OddKernels, Subset, as_float
+from attnbench.core.errors import ConfigError
 from attnbench.modules import get_module_entry
+from attnbench.modules.hparams import Bool, Choice, Float, HParam, Int, OddKernels, Subset, as_float
 
 RANGE_KEYS = ("low", "high", "log", "step")
 ALL = "all"

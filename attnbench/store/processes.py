@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 
 T = TypeVar("T")
 ChildDeath = Callable[[int, str], None]  # (pid, what happened) -> None

@@ -20,7 +20,7 @@ import optuna
 import sqlalchemy.exc
 from optuna.storages import BaseStorage
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.store.backends import backend_for
 from attnbench.store.backends.rdb import retry_callback
 from attnbench.store.urls import JOURNAL_PREFIX, reason, redact, where

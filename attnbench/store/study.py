@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from attnbench.config.point import Point
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.run.measurements.complexity import MACS, PARAMS
 from attnbench.run.measurements.latency import LATENCY
 from attnbench.run.measurements.training import TOP1

@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from attnbench.core.checks import check_int
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.train.augment import AugmentSpec
 from attnbench.train.safe_pickle import UnsafePickleError, load_data_pickle
 

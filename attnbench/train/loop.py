@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from attnbench.core.checks import check_int, check_number
+from attnbench.core.errors import ConfigError
 from attnbench.core.precision import PRECISIONS, autocast_dtype
-from attnbench.errors import ConfigError
 from attnbench.train.augment import BatchAugment
 from attnbench.train.data import LoadedData
 from attnbench.train.seeds import deterministic, seed_everything

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.modules import build_module, get_module_entry
 from attnbench.modules.mhsa import MultiHeadSelfAttention, rel_to_abs
 

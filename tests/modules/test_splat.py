@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.modules import build_module, get_module_entry
 
 

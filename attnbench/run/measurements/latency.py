@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from attnbench.config.point import Point, make_point
-from attnbench.errors import ConfigError, check_keys
+from attnbench.core.errors import ConfigError, check_keys
 from attnbench.measure.latency import LatencyOptions, LatencyResult, measure_latency
 from attnbench.measure.paired import AA, Change, PairedResult, measure_paired, rounds_for
 from attnbench.run.columns import Column, column

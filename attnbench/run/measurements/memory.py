@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.measure.memory import MemoryResult, measure_memory
 from attnbench.run.columns import Column, column
 from attnbench.run.measurements.base import Measurement, PointRun

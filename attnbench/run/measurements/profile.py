@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.measure.profile import profile_model
 from attnbench.run.columns import Column, column
 from attnbench.run.measurements.base import Measurement, PointRun

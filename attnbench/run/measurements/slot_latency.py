@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.measure.latency import LatencyOptions
 from attnbench.measure.roofline import device_peaks, minimum_bytes, roofline
 from attnbench.measure.slot_shapes import measure_slots

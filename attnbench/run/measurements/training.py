@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from attnbench.config.point import Point
 from attnbench.core.checks import check_int_list
-from attnbench.errors import ConfigError, check_keys
+from attnbench.core.errors import ConfigError, check_keys
 from attnbench.run.columns import Column, column
 from attnbench.run.measurements.base import Measurement, PointRun, build_point_model
 from attnbench.run.measurements.registry import register_measurement

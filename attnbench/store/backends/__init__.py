@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.store.backends.base import BACKENDS, Backend, register_backend
 from attnbench.store.urls import redact
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.store.backends.base import Backend, register_backend
 from attnbench.store.urls import JOURNAL_PREFIX
 

@@ -9,7 +9,7 @@ import optuna
 import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.store.urls import reason, redact, where
 
 HEARTBEAT_SECONDS = 60  # a running trial's worker writes a heartbeat this often; silent for twice this = dead

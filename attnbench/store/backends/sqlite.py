@@ -5,7 +5,7 @@ from pathlib import Path
 
 from optuna.storages import BaseStorage
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 from attnbench.store.backends.base import Backend, register_backend
 from attnbench.store.backends.rdb import check_port, open_rdb
 from attnbench.store.urls import redact

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from attnbench.errors import ConfigError
+from attnbench.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
