@@ -1,10 +1,13 @@
-"""Command line: `python bench.py --grid [FILE]`, `--search FILE`, `--list`, `--report [STUDY ...]`, `--reproduce`. Bad input is one line on stderr and exit status 2."""
+"""Command line: `python bench.py --grid [FILE]`, `--search FILE`, `--list`, `--report [STUDY ...]`, `--reproduce`.
+
+Bad input is one line on stderr and exit status 2.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 DEFAULT_GRID = Path("ablations/default.yaml")
 
@@ -19,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"run every point of an ablation file (default: {DEFAULT_GRID})")
     action.add_argument("--search", metavar="FILE",
                         help="Optuna search over the hyperparameters in FILE's search: section (see docs/search.md)")
-    action.add_argument("--list", action="store_true", help="list modules with hyperparameters, defaults and ranges, and backbones")
+    action.add_argument("--list", action="store_true",
+                        help="list modules with hyperparameters, defaults and ranges, and backbones")
     action.add_argument("--report", nargs="*", metavar="STUDY",
                         help="write report.md, table.tex, plots (PNG, PDF) and points.csv under RESULTS/STUDY/ from the store "
                              "(default: every study in the storage)")
@@ -144,7 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif args.search:
                 from attnbench.search.command import search_command
 
-                search_command(args)
+                search_command(args.search, results=args.results, storage=args.storage, device=args.device,
+                               trials=args.trials, workers=args.workers, quiet=args.quiet)
             else:
                 return _grid(args)
     except ConfigError as error:
