@@ -113,7 +113,8 @@ BAD_GRIDS = {
     "unknown backbone": ({**TINY, "backbones": ["resnet19"]}, "backbones[0].backbone='resnet19'"),
     "unknown hyperparameter": ({**TINY, "variants": [{"module": "se", "grid": {"ratio": [4]}}]}, "variants[0].ratio=4"),
     "even kernel": ({**TINY, "variants": [{"module": "cbam", "grid": {"spatial_kernel": [4]}}]}, "variants[0].spatial_kernel=4"),
-    "reduction above channels": ({**TINY, "variants": [{"module": "se", "grid": {"reduction": [100]}}]}, "variants[0].reduction=100"),
+    "reduction above channels": ({**TINY, "variants": [{"module": "se", "grid": {"reduction": [100]}}]},
+                                 "variants[0].reduction=100"),
     "missing stage": ({**TINY, "variants": [{"module": "dcn", "stages": [3, 7]}]}, "variants[0].stages=7"),
     "malformed yaml": ("name: x\nvariants: [ {module: se\n", "ablation file="),
 }

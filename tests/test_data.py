@@ -267,7 +267,8 @@ def test_augmentation_is_seeded_and_keeps_shapes() -> None:
     runs = [augment.train(images, torch.Generator().manual_seed(seed)) for seed in (5, 5, 6)]
     assert runs[0].shape == images.shape and runs[0].dtype == torch.float32
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
-    expected = (images.float() / 255 - torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)) / torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+    mean, std = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1), torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+    expected = (images.float() / 255 - mean) / std
     torch.testing.assert_close(augment.normalize(images), expected)
     channels_last = BatchAugment((0.5,) * 3, (0.2,) * 3, None, "cpu", channels_last=True)
     assert channels_last.train(images, torch.Generator()).is_contiguous(memory_format=torch.channels_last)

@@ -135,7 +135,8 @@ def test_gradcheck_pure_sampling():
     x = torch.randn(1, 2, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(2, 2, 3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     # away from integers, where bilinear interpolation has kinks that finite differences straddle
-    offset = (torch.rand(1, 36, 3, 3, generator=gen, dtype=torch.float64) * 0.8 + 0.1 - torch.randint(-2, 2, (1, 36, 3, 3), generator=gen))
+    offset = (torch.rand(1, 36, 3, 3, generator=gen, dtype=torch.float64) * 0.8 + 0.1
+              - torch.randint(-2, 2, (1, 36, 3, 3), generator=gen))
     mask = torch.rand(1, 18, 3, 3, generator=gen, dtype=torch.float64)
     offset.requires_grad_(True)
     mask.requires_grad_(True)
@@ -162,7 +163,8 @@ def test_parameter_counts(cin, cout, k, groups, modulated):
     assert module.conv_offset.out_channels == offset_channels
     assert sum(p.numel() for p in module.overhead_parameters()) == overhead
     assert sum(p.numel() for p in module.parameters()) == k * k * cin * cout + overhead
-    assert module.weight.shape == (cout, cin, k, k) and not any("bias" in n for n, _ in module.named_parameters() if "offset" not in n)
+    assert module.weight.shape == (cout, cin, k, k)
+    assert not any("bias" in n for n, _ in module.named_parameters() if "offset" not in n)
 
 
 def test_dcnv2_64_channel_figures():

@@ -83,7 +83,8 @@ def test_bad_training_settings_stop_before_training(tmp_path: Path, case: str, c
     assert main(["--grid", str(grid), "--results", str(tmp_path / "out"), "--wandb", "disabled"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and needle in err, err
-    assert not (tmp_path / "out" / "attnbench.db").exists() or not trial_rows(open_study("small", default_storage(tmp_path / "out")))
+    db = tmp_path / "out" / "attnbench.db"
+    assert not db.exists() or not trial_rows(open_study("small", default_storage(tmp_path / "out")))
 
 
 @pytest.mark.parametrize("measure,needle", [

@@ -20,7 +20,8 @@ def test_eca_takes_the_released_per_stage_kernels() -> None:
     assert n_params(build_model("resnet50", "eca")) == 25_557_032 + 86  # adaptive: 5, 5, 5, 7
     kernels = {name.split(".")[0]: m.kernel_size for name, m in attention_slots(released).items()}
     assert kernels == {"layer1": 3, "layer2": 5, "layer3": 5, "layer4": 7}
-    assert make_point("resnet50", "eca", {"kernel_size": "k3557"}).key == make_point("resnet50", "eca", {"kernel_size": [3, 5, 5, 7]}).key
+    named = make_point("resnet50", "eca", {"kernel_size": "k3557"})
+    assert named.key == make_point("resnet50", "eca", {"kernel_size": [3, 5, 5, 7]}).key
     late = build_model("resnet50", "eca", stages=[4, 5], kernel_size=[5, 9])
     assert [m.kernel_size for m in attention_slots(late).values() if hasattr(m, "kernel_size")] == [5] * 6 + [9] * 3
 

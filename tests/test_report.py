@@ -35,7 +35,8 @@ GRID = {
     "variants": [
         {"module": "se", "grid": {"reduction": [8, 16]}},
         {"module": "se", "position": ["pre"]},
-        {"module": "lka", "variants": [{"kernel_size": 7, "dilation": 2}, {}, {"kernel_size": 28, "dilation": 4}, {"drop_dw": True}]},
+        {"module": "lka",
+         "variants": [{"kernel_size": 7, "dilation": 2}, {}, {"kernel_size": 28, "dilation": 4}, {"drop_dw": True}]},
         {"module": "eca", "grid": {"kernel_size": [None, 3]}},
     ],
 }
@@ -110,7 +111,7 @@ def check_tabular(tex: str) -> None:
     for table in tables(tex):
         assert table.index(r"\toprule") < table.index(r"\midrule") < table.index(r"\bottomrule")
         assert r"\caption{" in table and r"\label{tab:" in table and r"{\footnotesize " in table  # stub and legend
-    code = re.sub(r"\\[{}&%$#_]", "", "\n".join(l for l in tex.splitlines() if not l.startswith("%")))
+    code = re.sub(r"\\[{}&%$#_]", "", "\n".join(line for line in tex.splitlines() if not line.startswith("%")))
     depth = 0
     for ch in code:
         depth += {"{": 1, "}": -1}.get(ch, 0)
@@ -158,7 +159,8 @@ def test_latex_table_cells_bold_best_and_deltas(store: SimpleNamespace) -> None:
         rows = [[p.strip() for p in re.split(r"(?<!\\)&", r)] for r in tabular_rows(r"\begin{table}" + tables(tex)[group])]
         bold = {(r[0], column) for r in rows[1:] for column, cell in enumerate(r) if r"\textbf" in cell}
         assert ("se(reduction=8)", 4) in bold  # the most accurate variant
-        latencies = {r[0]: float(re.search(r"(?:textbf\{)?(\d+\.\d+)", r[3]).group(1)) for r in rows[1:] if r[0] != "none (baseline)"}
+        latencies = {r[0]: float(re.search(r"(?:textbf\{)?(\d+\.\d+)", r[3]).group(1))
+                     for r in rows[1:] if r[0] != "none (baseline)"}
         fastest = {name for name, v in latencies.items() if v == min(latencies.values())}
         assert bold == {("se(reduction=8)", 4)} | {(name, 3) for name in fastest}  # top-1 and latency only
 
@@ -227,7 +229,8 @@ def test_ablation_series_follow_one_axis_at_a_time(store: SimpleNamespace) -> No
     assert set(found) == expected  # no series along the boolean drop_dw, none along dilation (locked to K)
     lka = found[("resnet50", "lka", "kernel_size")]
     assert lka.locked == ("dilation",)
-    assert [store.frame.loc[i, "label"] for i in lka.rows] == ["lka(kernel_size=7, dilation=2)", "lka", "lka(kernel_size=28, dilation=4)"]
+    assert [store.frame.loc[i, "label"] for i in lka.rows] == [
+        "lka(kernel_size=7, dilation=2)", "lka", "lka(kernel_size=28, dilation=4)"]
     eca = found[("cifar_resnet18", "eca", "kernel_size")]
     assert [store.frame.loc[i, "label"] for i in eca.rows] == ["eca", "eca(kernel_size=3)"]  # adaptive (None) first
     position = found[("cifar_resnet18", "se", "position")]
@@ -258,7 +261,8 @@ def test_write_report_writes_every_file(tmp_path: Path, with_accuracy: bool) -> 
     check_tabular((out / "summary.tex").read_text())
     assert report.index("## Summary: each module at its paper defaults") < report.index("## Comparison")
     assert len(pd.read_csv(out / "points.csv")) == 20  # 2 backbones x (baseline, 3 se, 4 lka, 2 eca)
-    for stem in ("pareto", "ablation_se_reduction", "ablation_se_position", "ablation_lka_kernel_size", "ablation_eca_kernel_size"):
+    for stem in ("pareto", "ablation_se_reduction", "ablation_se_position", "ablation_lka_kernel_size",
+                 "ablation_eca_kernel_size"):
         check_png(out / f"{stem}.png")
         assert (out / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
         assert f"]({stem}.png)" in report

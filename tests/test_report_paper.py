@@ -106,7 +106,8 @@ def latency_rows() -> list[dict[str, Any]]:
                                                       "latency_change_ci_high_pct": 3.5 * number - 0.9}
                 macs = batch * (4_089_184_256 + 10**8 * number)
                 rows.append(point_row(point, params=25_557_032 + 1_234_567 * number, macs=macs, flops=2 * macs + 10**7,
-                                      attention_params=1_234_567 * number, uncounted_ops="", latency_median_ms=batch * (12.345 + number), latency_iqr_ms=0.567,
+                                      attention_params=1_234_567 * number, uncounted_ops="",
+                                      latency_median_ms=batch * (12.345 + number), latency_iqr_ms=0.567,
                                       memory_inference_peak_bytes=batch * 123_456_789, **change))
     return rows
 

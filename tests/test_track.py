@@ -129,7 +129,8 @@ def test_wandb_missing_is_one_warning(tmp_path: Path, monkeypatch: pytest.Monkey
     assert len(err) == 1 and "ModuleNotFoundError" in err[0]  # a subclass of ImportError
 
 
-def test_disabled_mode_never_touches_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_disabled_mode_never_touches_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setitem(sys.modules, "wandb", None)
     tracker = StudyTracker("s", "disabled", tmp_path, refresh_s=0)
     tracker.log_points([{"params": 1}], force=True)
@@ -162,7 +163,8 @@ def test_training_curve_is_a_run_grouped_by_study(tmp_path: Path, monkeypatch: p
     (run,) = runs
     assert (run.kwargs["group"], run.kwargs["name"], run.kwargs["job_type"]) == ("default", "se(reduction=8)", "train")
     assert run.kwargs["settings"].mode == "offline" and run.kwargs["dir"] == str(tmp_path)
-    assert run.kwargs["config"] == {"study": "default", "point": "se(reduction=8)", "storage": "postgresql://***@db.example:5432/attn", "lr": 0.1}
+    assert run.kwargs["config"] == {"study": "default", "point": "se(reduction=8)",
+                                    "storage": "postgresql://***@db.example:5432/attn", "lr": 0.1}
     assert run.logged == [(1, {"train_loss": 2.0, "val_top1": 30.0}), (2, {"train_loss": 1.5, "val_top1": 41.5})]
     assert run.finished
 

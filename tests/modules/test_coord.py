@@ -81,7 +81,8 @@ def test_single_direction_ablation(direction: str) -> None:
     randomise(both)
     one = build_module("coord", 32, directions=[direction]).eval()
     keep = "conv_h" if direction == "h" else "conv_w"
-    one.load_state_dict({k: v for k, v in both.state_dict().items() if not k.startswith(("conv_h", "conv_w")) or k.startswith(keep)})
+    shared = {k: v for k, v in both.state_dict().items() if not k.startswith(("conv_h", "conv_w")) or k.startswith(keep)}
+    one.load_state_dict(shared)
     x = torch.randn(2, 32, 5, 7)
     z = x.mean(dim=3, keepdim=True) if direction == "h" else x.mean(dim=2, keepdim=True).transpose(2, 3)
     gate = getattr(both, keep)(h_swish(both.bn1(both.conv1(z)))).sigmoid()

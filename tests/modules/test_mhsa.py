@@ -27,7 +27,8 @@ def _randomise(module: nn.Module) -> None:
             p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.5)
 
 
-def _reference(module: MultiHeadSelfAttention, x: torch.Tensor, heads: int, position: str, content: bool, stride: int) -> torch.Tensor:
+def _reference(module: MultiHeadSelfAttention, x: torch.Tensor, heads: int, position: str, content: bool,
+               stride: int) -> torch.Tensor:
     """softmax over keys (p, q) of q_xy.k_pq + q_xy.r_h[p - x + H - 1] + q_xy.r_w[q - y + W - 1] (q scaled by
     d^-1/2; absolute: q_xy.(e_h[p] + e_w[q])), times v; heads concatenated; stride 2: 2x2 mean, partial windows
     averaged over what they cover (TF 'SAME')."""

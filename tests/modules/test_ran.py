@@ -109,7 +109,8 @@ def test_parameter_count_of_official_prototxt(channels: int, downsamples: int, e
     assert n_params(build_module("ran", channels, downsamples=downsamples)) == expected
 
 
-@pytest.mark.parametrize("downsamples,units,down,skips,up", [(3, 1, [1, 1, 2], 2, [1, 1]), (2, 2, [2, 4], 1, [2]), (1, 1, [2], 0, [])])
+@pytest.mark.parametrize("downsamples,units,down,skips,up",
+                         [(3, 1, [1, 1, 2], 2, [1, 1]), (2, 2, [2, 4], 1, [2]), (1, 1, [2], 0, [])])
 def test_attention56_unit_layout(downsamples: int, units: int, down: list[int], skips: int, up: list[int]) -> None:
     """Prototxt AttentionA: pool, res1_1, pool, res2_1, pool, res3_1, res3_2; skips res1, res2; up res2_1, res1_1."""
     ran = build_module("ran", 16, downsamples=downsamples, units=units)
@@ -146,7 +147,8 @@ def test_paper_defaults() -> None:
     assert get_module_entry("ran").schema.defaults() == {"downsamples": 1, "units": 1, "attention_residual": True}
 
 
-@pytest.mark.parametrize("channels,hp,key", [(2, {}, "channels"), (8, {"downsamples": 0}, "downsamples"), (8, {"units": 5}, "units")])
+@pytest.mark.parametrize("channels,hp,key",
+                         [(2, {}, "channels"), (8, {"downsamples": 0}, "downsamples"), (8, {"units": 5}, "units")])
 def test_bad_values_name_their_key(channels: int, hp: dict, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         build_module("ran", channels, **hp)

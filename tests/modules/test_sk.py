@@ -32,7 +32,8 @@ def _randomise(module: nn.Module) -> None:
 def _bn(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
     """Inference BN written out: (x - mean) / sqrt(var + eps) * gamma + beta."""
     shape = (1, -1, 1, 1)
-    return (x - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps) * bn.weight.view(shape) + bn.bias.view(shape)
+    normalized = (x - bn.running_mean.view(shape)) / torch.sqrt(bn.running_var.view(shape) + bn.eps)
+    return normalized * bn.weight.view(shape) + bn.bias.view(shape)
 
 
 def _reference(module: nn.Module, x: torch.Tensor, kernels: tuple[int, ...], stride: int, groups: int) -> torch.Tensor:

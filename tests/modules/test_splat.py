@@ -91,7 +91,8 @@ def _reference(
     (2, 1, 2, False, False, 8, 8),
 ])
 def test_matches_paper_equations(radix, groups, stride, avd, avd_first, cin, cout):
-    module = build_module("splat", cin, out_channels=cout, stride=stride, radix=radix, groups=groups, avd=avd, avd_first=avd_first)
+    module = build_module("splat", cin, out_channels=cout, stride=stride, radix=radix, groups=groups,
+                          avd=avd, avd_first=avd_first)
     module = module.double().eval()
     _randomise(module)
     x = torch.randn(2, cin, 7, 6, dtype=torch.float64)
