@@ -79,7 +79,9 @@ class ModuleEntry:
             try:
                 self.check_conv(in_channels, out_channels, stride, resolved)
             except ConfigError as error:
-                raise error.under(prefix.rstrip(".")) if prefix else error
+                if not prefix:
+                    raise
+                raise error.under(prefix.rstrip(".")) from None
 
     def resolve(self, hyperparameters: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         """Paper defaults overlaid with validated hyperparameters."""
@@ -91,7 +93,9 @@ class ModuleEntry:
             try:
                 self.check_channels(channels, resolved)
             except ConfigError as error:
-                raise error.under(prefix.rstrip(".")) if prefix else error
+                if not prefix:
+                    raise
+                raise error.under(prefix.rstrip(".")) from None
 
 
 MODULES: Registry[ModuleEntry] = Registry("attention module")
@@ -158,7 +162,8 @@ def describe_modules() -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for entry in MODULES:
         if not entry.schema.params:
-            rows.append({"module": entry.name, "kind": entry.kind, "hyperparameter": "", "default": "", "allowed": "", "paper": entry.paper, "code": entry.code})
+            rows.append({"module": entry.name, "kind": entry.kind, "hyperparameter": "", "default": "", "allowed": "",
+                         "paper": entry.paper, "code": entry.code})
         for hp_name, hp in entry.schema.params.items():
             rows.append({
                 "module": entry.name, "kind": entry.kind, "hyperparameter": hp_name,

@@ -36,12 +36,12 @@ def points_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     for column in ("params", "macs", "flops", "latency_median_ms", "memory_train_peak_bytes", "top1_mean"):
         if column not in frame:
             continue
-        base = groups.map(lambda key: baselines[column].get(key, float("nan"))).to_numpy(dtype=float)
+        base = _baseline_values(groups, baselines, column)
         used = BATCH_USED.get(column)
-        if used in frame:
+        if used is not None and used in frame:
             # an out-of-memory retry may have timed one side at a smaller batch: such a pair does not compare
             mine = pd.to_numeric(frame[used], errors="coerce").to_numpy(dtype=float)
-            theirs = groups.map(lambda key: baselines[used].get(key, float("nan"))).to_numpy(dtype=float)
+            theirs = _baseline_values(groups, baselines, used)
             differs = ~np.isnan(mine) & ~np.isnan(theirs) & (mine != theirs)
             base = np.where(differs, np.nan, base)
             for index in np.flatnonzero(differs):
@@ -53,6 +53,12 @@ def points_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     if notes.str.len().any():
         frame["delta_note"] = notes.str.rstrip("; ")
     return add_top1_tests(frame, GROUP)
+
+
+def _baseline_values(groups: pd.Index, baselines: pd.DataFrame, column: str) -> np.ndarray:
+    """Each row's `column` in its group's baseline, NaN where the group has none."""
+    baseline = baselines[column]
+    return groups.map(lambda key: baseline.get(key, float("nan"))).to_numpy(dtype=float)
 
 
 def _column(frame: pd.DataFrame, name: str) -> pd.Series:
@@ -198,7 +204,8 @@ def write_report(rows: list[dict[str, Any]], out_dir: Path, study: str, source: 
                                    + "\n\n" + sources_markdown(matches))
     if failed:
         errors = frame[frame["state"] != "COMPLETE"]
-        lines += _markdown_section("Failed points", "\n".join(f"- `{r.label}` on {r.backbone}: {r.error}" for r in errors.itertuples()))
+        failures = "\n".join(f"- `{r.label}` on {r.backbone}: {r.error}" for r in errors.itertuples())
+        lines += _markdown_section("Failed points", failures)
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -13,8 +13,9 @@ import functools
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -71,7 +72,8 @@ def _check_same_search(study: optuna.Study, setup: SearchSetup) -> None:
     recorded = study.user_attrs.get("search")
     if recorded is None:
         if study.get_trials(deepcopy=False) or [d.name.lower() for d in study.directions] != setup.directions:
-            raise ConfigError("search.study", setup.study, "a new name: the storage has a study of that name that is not a search")
+            raise ConfigError("search.study", setup.study,
+                              "a new name: the storage has a study of that name that is not a search")
         study.set_user_attr("search", mine)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

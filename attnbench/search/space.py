@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import optuna
@@ -130,8 +131,9 @@ def parse_space(section: dict[str, Any], base: Base, prefix: str = "search.") ->
         if spec is None:
             spec = {}
         if not isinstance(spec, dict):
-            raise ConfigError(key, spec, "a mapping of hyperparameter -> {low, high[, log, step]}, a list of values, a value, or {}")
-        _check(lambda: base.point(module, {}), key, module)
+            raise ConfigError(key, spec,
+                              "a mapping of hyperparameter -> {low, high[, log, step]}, a list of values, a value, or {}")
+        _check(partial(base.point, module, {}), key, module)
         unknown = sorted(set(spec) - set(entry.schema.params))
         if unknown:
             raise ConfigError(f"{key}.{unknown[0]}", spec[unknown[0]],
@@ -139,7 +141,7 @@ def parse_space(section: dict[str, Any], base: Base, prefix: str = "search.") ->
         searched, chosen = [], {}
         for hp, hp_spec in spec.items():
             values_or_dimension = _dimension(f"{module}.{hp}", entry.schema.params[hp], hp_spec, f"{key}.{hp}",
-                                             lambda value, hp=hp: base.point(module, {hp: value}))
+                                             lambda value, module=module, hp=hp: base.point(module, {hp: value}))
             if isinstance(values_or_dimension, Dimension):
                 searched.append((hp, values_or_dimension))
             else:
@@ -271,7 +273,7 @@ def _placement_axis(section: dict[str, Any], name: str, base: Base, modules: lis
         values = spec
     for index, value in enumerate(values):
         for module in modules:
-            _check(lambda: base.point(module, {}, **{name: value}), f"{key}[{index}]", spec[index])
+            _check(partial(base.point, module, {}, **{name: value}), f"{key}[{index}]", spec[index])
     return categorical(name, values)
 
 

@@ -89,5 +89,5 @@ def describe_owner(owner: dict[str, Any] | None, lease_expires: float | None, no
     text = f"host {owner.get('host')}, pid {owner.get('pid')}"
     if lease_expires is not None:
         left = float(lease_expires) - (now if now is not None else time.time())
-        text += f", lease {'runs out in %.0f s' % left if left > 0 else 'ran out'}"
+        text += f", lease {f'runs out in {left:.0f} s' if left > 0 else 'ran out'}"
     return text

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import pickle
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -106,7 +107,7 @@ class TensorSplit:
         """Where the tensors live."""
         return self.images.device
 
-    def to(self, device: torch.device | str) -> "TensorSplit":
+    def to(self, device: torch.device | str) -> TensorSplit:
         """The split on `device` (itself when already there)."""
         if self.images.device == torch.device(device):
             return self
@@ -180,7 +181,7 @@ class StreamSplit:
     def __len__(self) -> int:
         return len(self.files)
 
-    def to(self, device: torch.device | str) -> "StreamSplit":
+    def to(self, device: torch.device | str) -> StreamSplit:
         """The same files, delivered to `device`."""
         return StreamSplit(self.files, self.num_workers, device)
 
@@ -377,7 +378,7 @@ def _read_cifar_files(folder: Path, names: Sequence[str], label_key: bytes, spec
     for name in names:
         batch = _read_cifar_pickle(folder / name, spec)
 
-        def refuse(why: str) -> ConfigError:
+        def refuse(why: str, name: str = name) -> ConfigError:
             return ConfigError("data_dir", spec.data_dir, f"{spec.dataset} python files; {name}: {why}")
 
         if not isinstance(batch, dict) or not isinstance(batch.get(b"data"), np.ndarray) or label_key not in batch:
