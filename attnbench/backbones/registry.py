@@ -113,7 +113,8 @@ def plan_slots(
     entry = get_backbone_entry(backbone, f"{prefix}backbone")
     module = get_module_entry(attention, f"{prefix}attention")
     if module.kind not in entry.accepts:
-        raise ConfigError(f"{prefix}attention", attention, f"a module of kind {' or '.join(entry.accepts)} for backbone {backbone}")
+        raise ConfigError(f"{prefix}attention", attention,
+                          f"a module of kind {' or '.join(entry.accepts)} for backbone {backbone}")
     resolved = module.resolve(dict(hyperparameters or {}), prefix)
     default_stages, default_position, default_blocks = default_placement(entry, module)
     if module.kind == "conv" and position not in (None, entry.positions[0]):

@@ -181,7 +181,8 @@ def init_weights(module: nn.Module) -> None:
 class VisualAttentionNetwork(nn.Module):
     """Four stages (stage1..stage4, numbered as in the papers), global average pooling, Linear head."""
 
-    def __init__(self, config: StageConfig, plan: Planner, num_classes: int, stem: StemFactory = van_stem, in_channels: int = 3) -> None:
+    def __init__(self, config: StageConfig, plan: Planner, num_classes: int, stem: StemFactory = van_stem,
+                 in_channels: int = 3) -> None:
         super().__init__()
         rates = drop_path_rates(config.drop_path, sum(config.depths))
         previous = in_channels
@@ -210,7 +211,8 @@ def build_van(config: StageConfig, plan: Planner, num_classes: int) -> VisualAtt
     return VisualAttentionNetwork(config, plan, num_classes)
 
 
-def register_family(configs: dict[str, StageConfig], builder: Callable[[StageConfig, Planner, int], nn.Module], family: str, paper: str) -> None:
+def register_family(configs: dict[str, StageConfig], builder: Callable[[StageConfig, Planner, int], nn.Module],
+                    family: str, paper: str) -> None:
     """Register one backbone per config; the slot is the spatial mixer of every block, in any of the four stages."""
     for name, config in configs.items():
         register_backbone(BackboneEntry(

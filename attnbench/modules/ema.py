@@ -37,7 +37,8 @@ def _check(channels: int, hp: dict[str, Any]) -> None:
     kind="gate",
     paper="Efficient Multi-Scale Attention Module with Cross-Spatial Learning, arXiv 2305.13563",
     code="YOLOonMe/EMA-attention-module",
-    params={"groups": Int(32, low=1, high=1024, log=True, help="G (official `factor`): channel groups sharing one set of weights")},
+    params={"groups": Int(32, low=1, high=1024, log=True,
+                          help="G (official `factor`): channel groups sharing one set of weights")},
     check_channels=_check,
 )
 class EMA(nn.Module):

@@ -90,9 +90,11 @@ def _check(channels: int, hp: dict[str, Any]) -> None:
     paper="FcaNet: Frequency Channel Attention Networks, arXiv 2012.11879",
     code="cfzd/FcaNet",
     params={
-        "frequencies": Choice("top16", choices=SELECTIONS, help="frequency selection: top-k, k lowest or k bottom of the 7x7 grid"),
+        "frequencies": Choice("top16", choices=SELECTIONS,
+                              help="frequency selection: top-k, k lowest or k bottom of the 7x7 grid"),
         "reduction": Int(16, low=1, high=1024, log=True, help="r: hidden width of the FCs is C // r"),
-        "dct_size": Int(7, low=7, high=112, per_stage=True, help="side of the DCT grid; other maps are adaptive-average-pooled to it"),
+        "dct_size": Int(7, low=7, high=112, per_stage=True,
+                        help="side of the DCT grid; other maps are adaptive-average-pooled to it"),
     },
     check_channels=_check,
 )

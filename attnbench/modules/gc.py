@@ -48,7 +48,8 @@ def _transform(channels: int, planes: int) -> nn.Sequential:
     paper="GCNet: Non-local Networks Meet Squeeze-Excitation Networks and Beyond, arXiv 1904.11492",
     code="xvjiarui/GCNet",
     params={
-        "ratio": Float(1 / 16, low=1 / 1024, high=1.0, log=True, help="int(C * ratio) hidden planes (the paper's r is 1 / ratio)"),
+        "ratio": Float(1 / 16, low=1 / 1024, high=1.0, log=True,
+                       help="int(C * ratio) hidden planes (the paper's r is 1 / ratio)"),
         "pooling": Choice("att", choices=POOLINGS, help="context modelling: softmax attention pooling or global average"),
         "fusions": Subset(("channel_add",), choices=FUSIONS, help="how the context meets x: add, sigmoid scale, or both"),
     },

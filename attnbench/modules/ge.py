@@ -96,7 +96,8 @@ class GatherExcite(nn.Module):
             return
         if extent is None:
             if feature_size is None:
-                raise ConfigError("feature_size", None, "the (H, W) of the input map: the global depthwise kernel covers all of it")
+                raise ConfigError("feature_size", None,
+                                  "the (H, W) of the input map: the global depthwise kernel covers all of it")
             kernel = tuple(feature_size)
             layers: list[nn.Module] = [_depthwise(channels, kernel), nn.BatchNorm2d(channels, momentum=BN_MOMENTUM)]
         else:

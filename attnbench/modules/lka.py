@@ -30,7 +30,8 @@ def same_padding(kernel: int, dilation: int = 1) -> int | str:
 def _check(channels: int, hp: dict) -> None:
     local, dilated = lka_kernels(hp["kernel_size"], hp["dilation"])
     if hp["kernel_size"] <= local:
-        raise ConfigError("kernel_size", hp["kernel_size"], f"larger than the local kernel 2d-1 = {local} for dilation {hp['dilation']}")
+        raise ConfigError("kernel_size", hp["kernel_size"],
+                          f"larger than the local kernel 2d-1 = {local} for dilation {hp['dilation']}")
     if hp["drop_dw"] and hp["drop_dw_d"] and hp["drop_pw"]:
         raise ConfigError("drop_pw", True, "false when drop_dw and drop_dw_d are both true (nothing would be left)")
 

@@ -13,10 +13,11 @@ are fixed by the map, so the module is built for one input size and refuses any 
 A stride of 2 is a 2x2 average pool after the attention (BoT_Block; TF 'SAME' padding, which
 leaves the padding out of the mean, as ceil_mode does here). The block then applies BN and ReLU.
 
-Where the paper is silent the code decides: q is scaled by d^-1/2 before both products (pinned). Init is the gist's: q, k, v weights normal std 0.01; the
-position embeddings normal with MEAN d^-1/2 and std 1, TF1's default stddev (the gist's comment:
-its stddev argument went to the mean, "providing code as is"). `encoding="absolute"` follows the
-gist's commented-out absolute_logits: embeddings (H, d) and (W, d), summed per key position.
+Where the paper is silent the code decides: q is scaled by d^-1/2 before both products (pinned).
+Init is the gist's: q, k, v weights normal std 0.01; the position embeddings normal with MEAN
+d^-1/2 and std 1, TF1's default stddev (the gist's comment: its stddev argument went to the mean,
+"providing code as is"). `encoding="absolute"` follows the gist's commented-out absolute_logits:
+embeddings (H, d) and (W, d), summed per key position.
 """
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def _check_channels(channels: int, hp: dict[str, Any]) -> None:
     code="aravindsrinivas/56359b79f0ce4449bcb04ab4b56a57a2 (TensorFlow gist)",
     params={
         "heads": Int(4, low=1, high=64, help="attention heads; each has d = out_channels // heads"),
-        "encoding": Choice("relative", choices=ENCODINGS, help="content-position logits: 2-D relative (paper), absolute, or none"),
+        "encoding": Choice("relative", choices=ENCODINGS,
+                           help="content-position logits: 2-D relative (paper), absolute, or none"),
         "content": Bool(True, help="content-content logits q k^T; false: content-position only (the paper's ablation)"),
     },
     check_channels=_check_channels,

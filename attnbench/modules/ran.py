@@ -84,7 +84,8 @@ def _upsample(x: Tensor, like: Tensor) -> Tensor:
     paper="Residual Attention Network for Image Classification, arXiv 1704.06904",
     code="fwang91/residual-attention-network",
     params={
-        "downsamples": Int(1, low=1, high=6, per_stage=True, help="n: max-pool steps of the mask (Attention-56: 3, 2, 1 at 56, 28, 14); n - 1 skips"),
+        "downsamples": Int(1, low=1, high=6, per_stage=True,
+                           help="n: max-pool steps of the mask (Attention-56: 3, 2, 1 at 56, 28, 14); n - 1 skips"),
         "units": Int(1, low=1, high=4, help="r: residual units between adjacent pooling / upsampling layers"),
         "attention_residual": Bool(True, help="(1 + M) * x; false: naive attention learning M * x (paper's NAL)"),
     },
@@ -119,7 +120,8 @@ class ResidualAttention(nn.Module):
         if max_downsamples(height, width) < self.downsamples:
             raise ConfigError(
                 "downsamples", self.downsamples,
-                f"at most {max_downsamples(height, width)} for a {height}x{width} map (a 3x3 stride-2 max-pool needs a side of 2)",
+                f"at most {max_downsamples(height, width)} for a {height}x{width} map"
+                " (a 3x3 stride-2 max-pool needs a side of 2)",
             )
         scales = []
         out = x

@@ -27,7 +27,8 @@ from attnbench.modules.registry import register_module
         "divisor": Int(None, low=1, high=1024, none_means="no rounding, the paper's C // r",
                        help="round the hidden width C / r to a multiple of this (timm, MobileNetV3: 8)"),
         "round_limit": Float(0.0, low=0.0, high=1.0,
-                             help="with divisor: one divisor more if rounding fell below this times C / r (timm SE: 0; MobileNetV3: 0.9)"),
+                             help="with divisor: one divisor more if rounding fell below this times C / r"
+                                  " (timm SE: 0; MobileNetV3: 0.9)"),
     },
     check_channels=reduced_channels_check(),
 )

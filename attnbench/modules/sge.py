@@ -54,7 +54,8 @@ class SpatialGroupEnhance(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
         if h * w < 2:
-            raise ConfigError("input_size", f"{h}x{w}", "a map of at least 2 positions (SGE divides by the unbiased std over H*W)")
+            raise ConfigError("input_size", f"{h}x{w}",
+                              "a map of at least 2 positions (SGE divides by the unbiased std over H*W)")
         grouped = x.reshape(n * self.groups, c // self.groups, h, w)
         similarity = (grouped * F.adaptive_avg_pool2d(grouped, 1)).sum(dim=1)  # (N*G, H, W)
         t = similarity.reshape(n * self.groups, h * w)

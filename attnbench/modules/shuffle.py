@@ -38,7 +38,8 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     kind="gate",
     paper="SA-Net: Shuffle Attention for Deep Convolutional Neural Networks, arXiv 2102.00240",
     code="wofmanaf/SA-Net",
-    params={"groups": Int(64, low=1, high=1024, log=True, help="G: channel groups, each split into a channel and a spatial half")},
+    params={"groups": Int(64, low=1, high=1024, log=True,
+                          help="G: channel groups, each split into a channel and a spatial half")},
     check_channels=_check,
 )
 class ShuffleAttention(nn.Module):

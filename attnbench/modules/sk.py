@@ -73,7 +73,8 @@ class SelectiveKernel(nn.Module):
         for k in kernels:
             dilation = (k - 1) // 2 if dilated else 1
             size = 3 if dilated else k
-            conv = nn.Conv2d(channels, out_channels, size, stride, padding=(k - 1) // 2, dilation=dilation, groups=groups, bias=False)
+            conv = nn.Conv2d(channels, out_channels, size, stride, padding=(k - 1) // 2, dilation=dilation, groups=groups,
+                             bias=False)
             nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")  # Caffe's msra filler
             self.branches.append(nn.Sequential(conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)))
         self.fuse = self.select = None

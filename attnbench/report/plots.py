@@ -78,7 +78,9 @@ def pareto_axes(frame: pd.DataFrame) -> tuple[tuple[Metric, str], tuple[Metric, 
 
 def _pareto_points(group: pd.DataFrame, x: tuple[Metric, str], y: tuple[Metric, str], maximize: bool
                    ) -> tuple[pd.DataFrame, list[float], list[float], bool]:
-    """The points to draw and their coordinates; for two costs, the attention overhead over the baseline when all of it is positive.
+    """The points to draw and their coordinates.
+
+    For two costs, the coordinates are the attention overhead over the baseline when all of it is positive.
 
     Two costs put the baseline below every variant, so the front that matters is among the
     variants; their overheads span orders of magnitude, hence log axes.
@@ -265,8 +267,8 @@ def plot_ablations(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
                     raw = [float(pd.to_numeric(done.at[i, metric_column], errors="coerce")) for i in s.rows]
                     ys = [v - float(base[metric_column]) for v in raw] if added else [v * metric.scale for v in raw]
                     differing = [f"{n}={show(v)}" for n, v in s.fixed if len({dict(m.fixed).get(n) for m in members}) > 1]
-                    spread = [float(pd.to_numeric(done.at[i, spread_column], errors="coerce")) * metric.scale * metric.spread_scale
-                              for i in s.rows] if spread_column else None
+                    spread = [float(pd.to_numeric(done.at[i, spread_column], errors="coerce"))
+                              * metric.scale * metric.spread_scale for i in s.rows] if spread_column else None
                     categorical = any(_is_text(v) for v in values)  # no line between unordered choices
                     ax.errorbar(xs, ys, yerr=spread, marker="o", capsize=3, ls="none" if categorical else "-",
                                 label=", ".join(differing) or module)

@@ -184,12 +184,15 @@ def published_matches(frame: pd.DataFrame, entries: tuple[Published, ...] = PUBL
     by_key = {}
     for entry in entries:
         if entry.minus is None:
-            point = make_point(entry.backbone, entry.attention, dict(entry.hyperparameters), input_size=INPUT_SIZE, num_classes=NUM_CLASSES)
+            point = make_point(entry.backbone, entry.attention, dict(entry.hyperparameters),
+                               input_size=INPUT_SIZE, num_classes=NUM_CLASSES)
             by_key[_identity(point.to_dict())] = entry
     rows = []
     for _, row in done.iterrows():
-        identity = _identity({"backbone": row["backbone"], "attention": row["attention"], "hyperparameters": row.get("point_hyperparameters") or {},
-                              "stages": row["stages"], "position": row["position"], "input_size": row["input_size"], "num_classes": row["num_classes"]})
+        identity = _identity({"backbone": row["backbone"], "attention": row["attention"],
+                              "hyperparameters": row.get("point_hyperparameters") or {},
+                              "stages": row["stages"], "position": row["position"],
+                              "input_size": row["input_size"], "num_classes": row["num_classes"]})
         if (entry := by_key.get(identity)) is not None:
             macs = row.get("macs")
             per_image = None if macs is None or pd.isna(macs) else float(macs) / int(row["batch_size"])

@@ -84,7 +84,10 @@ def run_root(results_dir: Path) -> Path:
 
 
 def init_arguments(study: str, results_dir: Path) -> dict[str, Any]:
-    """wandb.init's filing arguments: the WANDB_* variables where set, else attnbench's defaults (project attnbench, grouped by study)."""
+    """wandb.init's filing arguments.
+
+    The WANDB_* variables where set, else attnbench's defaults (project attnbench, grouped by study).
+    """
     arguments: dict[str, Any] = {"project": _env("WANDB_PROJECT") or PROJECT, "group": _env("WANDB_RUN_GROUP") or study,
                                  "dir": str(run_root(results_dir))}
     if entity := _env("WANDB_ENTITY"):

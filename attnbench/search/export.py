@@ -28,7 +28,8 @@ def trials_frame(study: optuna.Study, setup: SearchSetup) -> pd.DataFrame:
         row.update({m.name: v for m, v in zip(setup.objectives, trial.values or [])})
         row.update({f"over_{name}": excess for name, excess in trial.constraints.items()})
         row["feasible"] = all(excess <= 0 for excess in trial.constraints.values())
-        row.update({k: v for k, v in trial.user_attrs.get("result", {}).items() if k not in row and not isinstance(v, (dict, list))})
+        result = trial.user_attrs.get("result", {})
+        row.update({k: v for k, v in result.items() if k not in row and not isinstance(v, (dict, list))})
         for attr in ("error", "pruned", "same_as"):
             row[attr] = trial.user_attrs.get(attr, "")
         rows.append(row)

@@ -125,7 +125,8 @@ def fail_trial(study: optuna.Study, trial: optuna.Trial, error: BaseException | 
     study.tell(trial, state=TrialState.FAIL)
 
 
-def trial_rows(study: optuna.Study, states: Iterable[TrialState] = (TrialState.COMPLETE, TrialState.FAIL)) -> list[dict[str, Any]]:
+def trial_rows(study: optuna.Study,
+               states: Iterable[TrialState] = (TrialState.COMPLETE, TrialState.FAIL)) -> list[dict[str, Any]]:
     """One flat row per trial: point fields, measurements, state and error; latest trial per point wins."""
     rows: dict[str, dict[str, Any]] = {}
     for trial in sorted(study.get_trials(deepcopy=False, states=tuple(states)), key=lambda t: t.number):

@@ -8,4 +8,6 @@ from attnbench.run.measurements.registry import MEASUREMENTS, in_order, register
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda info: info.name):
     importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["EpochCallback", "MEASUREMENTS", "Measurement", "PointRun", "Shared", "build_point_model", "in_order", "register_measurement"]
+__all__ = [
+    "EpochCallback", "MEASUREMENTS", "Measurement", "PointRun", "Shared", "build_point_model", "in_order", "register_measurement",
+]
