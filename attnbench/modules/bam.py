@@ -95,11 +95,13 @@ class BAM(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             if isinstance(module, (nn.Conv2d, nn.Linear)):
+                assert module.bias is not None  # every conv and linear of BAM has a bias
                 nn.init.zeros_(module.bias)
 
     def attention_logits(self, x: Tensor) -> Tensor:
         """combine(Mc, Ms), or the one branch kept; it broadcasts against x."""
         if self.spatial_gate is None:
+            assert self.channel_gate is not None  # branches is a non-empty subset of channel, spatial
             return self.channel_gate(x)
         if self.channel_gate is None:
             return self.spatial_gate(x)

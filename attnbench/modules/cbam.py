@@ -30,7 +30,7 @@ def _pool(x: Tensor, kind: str) -> Tensor:
     if kind == "max":
         return flat.amax(dim=2)
     if kind == "lp":
-        return F.lp_pool2d(x, 2, x.shape[2:]).flatten(1)
+        return F.lp_pool2d(x, 2, (x.shape[2], x.shape[3])).flatten(1)
     return torch.logsumexp(flat, dim=2)
 
 

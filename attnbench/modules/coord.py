@@ -58,6 +58,7 @@ class CoordinateAttention(nn.Module):
             strips.append(F.adaptive_avg_pool2d(x, (1, None)).transpose(2, 3))  # (N, C, W, 1)
         y = h_swish(self.bn1(self.conv1(torch.cat(strips, dim=2))))
         if self.conv_h is None:
+            assert self.conv_w is not None  # directions is a non-empty subset of h, w
             return x * self.conv_w(y.transpose(2, 3)).sigmoid()
         if self.conv_w is None:
             return x * self.conv_h(y).sigmoid()

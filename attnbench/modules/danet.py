@@ -85,6 +85,7 @@ class DualAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.cam is None:
+            assert self.pam is not None  # mode cam is the only one without PAM
             return self.pam(x)
         if self.pam is None:
             return self.cam(x)

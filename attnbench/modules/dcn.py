@@ -121,6 +121,7 @@ class DeformConv(nn.Module):
     def init_offset(self) -> None:
         """Zero the offset conv, so the module starts as the plain conv (v2: times the initial mask, 0.5 or 1)."""
         nn.init.zeros_(self.conv_offset.weight)
+        assert self.conv_offset.bias is not None
         nn.init.zeros_(self.conv_offset.bias)
 
     def overhead_parameters(self) -> list[nn.Parameter]:

@@ -101,6 +101,8 @@ def _check(channels: int, hp: dict[str, Any]) -> None:
 class MultiSpectralAttention(nn.Module):
     """x * sigmoid(W2 relu(W1 DCT(x))), each channel group compressed by its own DCT frequency."""
 
+    dct_filters: Tensor
+
     def __init__(self, channels: int, frequencies: str = "top16", reduction: int = 16, dct_size: int = 7) -> None:
         super().__init__()
         _check(channels, {"frequencies": frequencies, "reduction": reduction})

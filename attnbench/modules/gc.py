@@ -38,6 +38,7 @@ def _transform(channels: int, planes: int) -> nn.Sequential:
     """1x1 conv -> LayerNorm([planes, 1, 1]) -> ReLU -> 1x1 conv, the last one zero-initialised."""
     last = nn.Conv2d(planes, channels, 1)
     nn.init.zeros_(last.weight)
+    assert last.bias is not None
     nn.init.zeros_(last.bias)
     return nn.Sequential(nn.Conv2d(channels, planes, 1), nn.LayerNorm([planes, 1, 1]), nn.ReLU(inplace=True), last)
 
@@ -68,6 +69,7 @@ class GlobalContext(nn.Module):
         self.conv_mask = nn.Conv2d(channels, 1, 1) if pooling == "att" else None
         if self.conv_mask is not None:
             nn.init.kaiming_normal_(self.conv_mask.weight, mode="fan_in", nonlinearity="relu")
+            assert self.conv_mask.bias is not None
             nn.init.zeros_(self.conv_mask.bias)
         self.channel_add = _transform(channels, planes) if "channel_add" in fusions else None
         self.channel_mul = _transform(channels, planes) if "channel_mul" in fusions else None

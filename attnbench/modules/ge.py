@@ -57,6 +57,7 @@ def _excite_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
     """1x1 conv with bias, Caffe's gaussian(std 0.01) weight and constant(0) bias fillers."""
     conv = nn.Conv2d(in_channels, out_channels, 1)
     nn.init.normal_(conv.weight, std=0.01)
+    assert conv.bias is not None
     nn.init.zeros_(conv.bias)
     return conv
 
@@ -98,7 +99,8 @@ class GatherExcite(nn.Module):
             if feature_size is None:
                 raise ConfigError("feature_size", None,
                                   "the (H, W) of the input map: the global depthwise kernel covers all of it")
-            kernel = tuple(feature_size)
+            height, width = feature_size
+            kernel = (height, width)
             layers: list[nn.Module] = [_depthwise(channels, kernel), nn.BatchNorm2d(channels, momentum=BN_MOMENTUM)]
         else:
             layers = []

@@ -81,12 +81,12 @@ class Involution(nn.Module):
         self.kernel_size, self.stride = kernel_size, stride
         self.groups = channels // group_channels
         hidden = channels // reduction
-        self.reduce = nn.Sequential(
-            nn.Conv2d(channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True)
-        )
+        reduce = nn.Conv2d(channels, hidden, 1, bias=False)
+        self.reduce = nn.Sequential(reduce, nn.BatchNorm2d(hidden), nn.ReLU(inplace=True))
         self.span = nn.Conv2d(hidden, kernel_size * kernel_size * self.groups, 1)
-        for conv in (self.reduce[0], self.span):
+        for conv in (reduce, self.span):
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # mmcv kaiming_init
+        assert self.span.bias is not None
         nn.init.zeros_(self.span.bias)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -108,6 +108,7 @@ class MultiHeadSelfAttention(nn.Module):
     def _position_logits(self, q: Tensor) -> Tensor:
         """(N, heads, H, W, H, W) content-position logits of q (N, heads, H, W, d)."""
         if self.encoding == "absolute":
+            assert self.abs_height is not None and self.abs_width is not None  # built with the encoding
             embedding = self.abs_height[:, None, :] + self.abs_width[None, :, :]
             return torch.einsum("nhxyd,pqd->nhxypq", q, embedding)
         rel_w = rel_to_abs(torch.einsum("nhxyd,md->nhxym", q, self.rel_width))  # (N, h, H, W, W): [x, y, q]
@@ -130,6 +131,7 @@ class MultiHeadSelfAttention(nn.Module):
             q_map = q.transpose(2, 3).reshape(n, self.heads, height, width, dim)
             positional = self._position_logits(q_map).reshape(n, self.heads, height * width, height * width)
             logits = positional if logits is None else logits + positional
+        assert logits is not None  # __init__ refuses content=False with encoding none
         weights = logits.softmax(dim=-1)
         out = torch.einsum("nhij,nhdj->nhdi", weights, v).reshape(n, self.out_channels, height, width)
         if self.stride == 2:

@@ -37,6 +37,7 @@ def _embedding(in_channels: int, out_channels: int) -> nn.Conv2d:
     """A 1x1 conv with bias, normal(std 0.01) weights and a zero bias (official GaussianFill / ConstantFill)."""
     conv = nn.Conv2d(in_channels, out_channels, 1)
     nn.init.normal_(conv.weight, std=INIT_STD)
+    assert conv.bias is not None
     nn.init.zeros_(conv.bias)
     return conv
 
@@ -83,16 +84,17 @@ class NonLocal(nn.Module):
             nn.init.kaiming_normal_(self.concat_project.weight, mode="fan_out", nonlinearity="relu")  # mmcv ConvModule
         self.out = nn.Conv2d(inter, channels, 1)
         self.bn = nn.BatchNorm2d(channels) if bn else None
-        if bn:
+        if self.bn is not None:
             nn.init.normal_(self.out.weight, std=INIT_STD)
             nn.init.zeros_(self.bn.weight)
         else:
             nn.init.zeros_(self.out.weight)
+        assert self.out.bias is not None
         nn.init.zeros_(self.out.bias)
 
     def pairwise(self, theta: Tensor, phi: Tensor) -> Tensor:
         """f(theta_i, phi_j) / C(x): (N, c, L) and (N, c, L') -> (N, L, L'), normalised over j."""
-        if self.mode == "concatenation":
+        if self.concat_project is not None:  # mode concatenation
             size = (-1, -1, theta.shape[2], phi.shape[2])
             pairs = torch.cat([theta[:, :, :, None].expand(size), phi[:, :, None, :].expand(size)], dim=1)
             return torch.relu(self.concat_project(pairs))[:, 0] / phi.shape[2]
@@ -106,7 +108,7 @@ class NonLocal(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         n, _, h, w = x.shape
         pooled = x if self.pool is None else self.pool(x)
-        if self.mode == "gaussian":
+        if self.theta is None or self.phi is None:  # mode gaussian: no embeddings
             theta, phi = x.flatten(2), pooled.flatten(2)
         else:
             theta, phi = self.theta(x).flatten(2), self.phi(pooled).flatten(2)

@@ -48,7 +48,7 @@ class ChannelOnly(nn.Module):
         self.conv_q_right = _projection(channels, 1)
         if bottleneck:
             squeezed = inner // BOTTLENECK
-            self.conv_up = nn.Sequential(
+            self.conv_up: nn.Module = nn.Sequential(
                 nn.Conv2d(inner, squeezed, 1),
                 nn.LayerNorm([squeezed, 1, 1]),
                 nn.ReLU(inplace=True),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from torch import nn
 
@@ -17,7 +17,8 @@ from attnbench.modules.hparams import HParam, Schema
 ModuleKind = Literal["gate", "conv"]
 ChannelCheck = Callable[[int, dict[str, Any]], None]
 ConvCheck = Callable[[int, int, int, dict[str, Any]], None]  # (in channels, out channels, stride, hp) of a replaced conv
-STAGE_RULES = ("all", "all_but_last", "last")
+StageRule = Literal["all", "all_but_last", "last"]
+STAGE_RULES: tuple[StageRule, ...] = get_args(StageRule)
 # keywords of build_model and of the sites, which no hyperparameter may be named after
 RESERVED = frozenset({"backbone", "attention", "channels", "stages", "position", "blocks", "num_classes", "input_size",
                       "out_channels", "stride", "feature_size", "hyperparameters"})
@@ -33,7 +34,7 @@ class Placement:
     """
 
     position: str | None = None
-    stages: str | tuple[int, ...] | None = None
+    stages: StageRule | tuple[int, ...] | None = None
     blocks: tuple[int, ...] | None = None
 
     def stages_in(self, stages: tuple[int, ...]) -> tuple[int, ...] | None:

@@ -81,6 +81,7 @@ class ConcurrentSE(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.sse is None:
+            assert self.cse is not None  # mode sse is the only one without the cSE
             return self.cse(x)
         if self.cse is None:
             return self.sse(x)

@@ -77,14 +77,14 @@ class SelectiveKernel(nn.Module):
                              bias=False)
             nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")  # Caffe's msra filler
             self.branches.append(nn.Sequential(conv, nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)))
-        self.fuse = self.select = None
+        self.fuse: nn.Sequential | None = None
+        self.select: nn.Conv2d | None = None
         if select:
             hidden = max(out_channels // reduction, min_dim)
-            self.fuse = nn.Sequential(
-                nn.Conv2d(out_channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True)
-            )
+            squeeze = nn.Conv2d(out_channels, hidden, 1, bias=False)
+            self.fuse = nn.Sequential(squeeze, nn.BatchNorm2d(hidden), nn.ReLU(inplace=True))
             self.select = nn.Conv2d(hidden, len(kernels) * out_channels, 1, bias=False)
-            nn.init.normal_(self.fuse[0].weight, std=0.01)  # the prototxt's gaussian filler
+            nn.init.normal_(squeeze.weight, std=0.01)  # the prototxt's gaussian filler
             nn.init.normal_(self.select.weight, std=0.01)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -92,7 +92,7 @@ class SelectiveKernel(nn.Module):
         fused = features[0]
         for feature in features[1:]:
             fused = fused + feature
-        if self.select is None:
+        if self.fuse is None or self.select is None:
             return fused
         logits = self.select(self.fuse(fused.mean(dim=(2, 3), keepdim=True)))
         # (N, M*C, 1, 1) -> (N, M, C, 1, 1): branch-major, as the prototxt's Reshape (0, M, -1, 0)
