@@ -40,6 +40,11 @@ class ZeroPadShortcut(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32x32 inputs with slots in every block."""
 
+    # set by name in __init__
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+
     def __init__(self, blocks_per_stage: int, plan: Planner, num_classes: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, WIDTHS[0], 3, padding=1, bias=False)

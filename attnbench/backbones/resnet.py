@@ -175,6 +175,12 @@ def stem(layout: Layout) -> tuple[nn.Module, nn.Module]:
 class ResNet(nn.Module):
     """torchvision's ResNet, with slots, in the given layout."""
 
+    # set by name in __init__
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self, block: type[_Block], depths: tuple[int, ...], plan: Planner, num_classes: int,
                  layout: Layout = Layout()) -> None:
         super().__init__()

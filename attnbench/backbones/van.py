@@ -181,6 +181,12 @@ def init_weights(module: nn.Module) -> None:
 class VisualAttentionNetwork(nn.Module):
     """Four stages (stage1..stage4, numbered as in the papers), global average pooling, Linear head."""
 
+    # added by name in __init__
+    stage1: Stage
+    stage2: Stage
+    stage3: Stage
+    stage4: Stage
+
     def __init__(self, config: StageConfig, plan: Planner, num_classes: int, stem: StemFactory = van_stem,
                  in_channels: int = 3) -> None:
         super().__init__()

@@ -238,7 +238,7 @@ class Timed:
         self.model.eval()
         self.model.to(options.device)
         if options.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes memory_format; torch's overloads omit it
         x = random_input((options.batch_size, *self.input_shape), options.device, options.seed, options.channels_last)
         runner = torch.compile(self.model, mode=options.compile_mode) if options.compile else self.model
         if options.device == "cuda" and options.cuda_graphs:

@@ -77,7 +77,7 @@ def measure_memory(
     shape = check_input_shape(input_shape)
     model.to(device)
     if channels_last:
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes memory_format; torch's overloads omit it
     x = random_input((batch_size, *shape), device, seed, channels_last)
     parameter_bytes = sum(t.nbytes for t in (*model.parameters(), *model.buffers()))
     state = {name: t.detach().to("cpu", copy=True) for name, t in model.state_dict().items()}

@@ -288,7 +288,7 @@ def _stratified_split(labels: np.ndarray, val_split: float | int, seed: int) -> 
 
 
 def _split(raw: _Raw, spec: DataSpec) -> tuple[TensorSplit, TensorSplit]:
-    if spec.val_split is None and raw.val_images is not None:
+    if spec.val_split is None and raw.val_images is not None and raw.val_labels is not None:
         return TensorSplit(raw.images, raw.labels), TensorSplit(raw.val_images, raw.val_labels)
     val_split = DEFAULT_VAL_FRACTION if spec.val_split is None else spec.val_split
     train, val = _stratified_split(raw.labels.numpy(), val_split, spec.seed)
@@ -336,6 +336,7 @@ _CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
 def _cifar_folder(spec: DataSpec) -> Path:
     """The folder holding the python batches: data_dir itself or its archive subfolder; downloads if asked."""
     subfolder, train_files, test_files = _CIFAR_LAYOUT[spec.dataset][:3]
+    assert spec.data_dir is not None  # DataSpec requires one for the datasets read from files
     root = Path(spec.data_dir)
     needed = train_files + test_files
     for folder in (root, root / subfolder):
@@ -429,6 +430,7 @@ def _class_samples(folder: Path, classes: Sequence[str]) -> list[tuple[Path, int
 
 def _image_folder_samples(spec: DataSpec) -> tuple[tuple[str, ...], list[tuple[Path, int]], list[tuple[Path, int]] | None]:
     """Class names, training samples, and the val/ folder's samples (None without one)."""
+    assert spec.data_dir is not None  # DataSpec requires one for the datasets read from files
     root = Path(spec.data_dir)
     allowed = "a folder of class subfolders of images, or one with train/ and val/ folders of them"
     if not root.is_dir():
@@ -486,9 +488,11 @@ def _load_image_folder(spec: DataSpec) -> LoadedData:
         train_samples, val_samples = [train_samples[i] for i in train_index], [train_samples[i] for i in val_index]
     total_mb = (len(train_samples) + len(val_samples)) * 3 * spec.image_size**2 / 2**20
     train_files, val_files = ImageFiles(train_samples, spec.image_size), ImageFiles(val_samples, spec.image_size)
+    train: TensorSplit | StreamSplit
+    val: TensorSplit | StreamSplit
     if total_mb <= spec.max_in_memory_mb:
-        train: TensorSplit | StreamSplit = TensorSplit(*_decode_all(train_files, spec))
-        val: TensorSplit | StreamSplit = TensorSplit(*_decode_all(val_files, spec))
+        train = TensorSplit(*_decode_all(train_files, spec))
+        val = TensorSplit(*_decode_all(val_files, spec))
         mean, std = channel_stats(train.images)
     else:
         _check_headers(train_samples + val_samples, spec)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -138,7 +138,8 @@ def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int) -> 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Two groups: weight decay on weight matrices and kernels, none on 1-D parameters (norm weights, biases)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for parameter in model.parameters():
         if parameter.requires_grad:
             (no_decay if parameter.ndim <= 1 else decay).append(parameter)
@@ -170,8 +171,9 @@ def train_model(
         seed_everything(config.seed)
         model.to(device)
         if config.channels_last:
-            model.to(memory_format=torch.channels_last)
-        forward = torch.compile(model) if config.compile else model
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes memory_format; torch's overloads omit it
+        # compiling a module gives a module (OptimizedModule), whatever torch.compile's annotation says
+        forward = cast(nn.Module, torch.compile(model)) if config.compile else model
         optimizer = build_optimizer(model, config)
         steps_per_epoch = math.ceil(len(train) / config.batch_size)
         total_steps = steps_per_epoch * config.epochs

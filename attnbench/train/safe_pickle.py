@@ -25,7 +25,9 @@ except ImportError:  # numpy 1.x
 _ALLOWED: dict[tuple[str, str], Any] = {
     **{(package, "_reconstruct"): multiarray._reconstruct for package in ("numpy.core.multiarray", "numpy._core.multiarray")},
     **{(package, "scalar"): multiarray.scalar for package in ("numpy.core.multiarray", "numpy._core.multiarray")},
-    **{(package, "_frombuffer"): numeric._frombuffer for package in ("numpy.core.numeric", "numpy._core.numeric")},
+    # private, so absent from numpy's stubs
+    **{(package, "_frombuffer"): numeric._frombuffer  # type: ignore[attr-defined]
+       for package in ("numpy.core.numeric", "numpy._core.numeric")},
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): codecs.encode,

@@ -32,7 +32,7 @@ class SeedSummary:
         return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
 
 
-def t_critical(dof: int, confidence: float = 0.95) -> float:
+def t_critical(dof: float, confidence: float = 0.95) -> float:
     """Two-sided Student-t critical value: t such that P(|T| <= t) = confidence with `dof` degrees of freedom."""
     return float(student_t.ppf(0.5 + confidence / 2, dof))
 
