@@ -260,12 +260,14 @@ def plot_ablations(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
             base = _baseline(_in_group(done, group))
             for row, (metric, metric_column) in enumerate(metrics):
                 ax = panels[row][column]
-                added = metric.delta == "count" and base is not None
+                added_over = base if metric.delta == "count" else None  # counts: what a module adds over the baseline
+                added = added_over is not None
                 spread_column = None if added else metric.spread_column(done)
                 for s in members:
                     xs = [values.index(_point_axes(done.loc[i])[axis]) for i in s.rows]
                     raw = [float(pd.to_numeric(done.at[i, metric_column], errors="coerce")) for i in s.rows]
-                    ys = [v - float(base[metric_column]) for v in raw] if added else [v * metric.scale for v in raw]
+                    ys = ([v - float(added_over[metric_column]) for v in raw] if added_over is not None
+                          else [v * metric.scale for v in raw])
                     differing = [f"{n}={show(v)}" for n, v in s.fixed if len({dict(m.fixed).get(n) for m in members}) > 1]
                     spread = [float(pd.to_numeric(done.at[i, spread_column], errors="coerce"))
                               * metric.scale * metric.spread_scale for i in s.rows] if spread_column else None

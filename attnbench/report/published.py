@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pandas as pd
 
@@ -44,6 +44,17 @@ CAFFE_RESNET = ("the paper's GFLOPs (3.87) are for the original Caffe ResNet-50 
                 "layout rows (resnet50_caffe) compare the GFLOPs")
 SQUEEZE_SCALE = ("MACs here are the dense MACs plus the SE blocks' own element-wise work (the squeeze's pooling, the "
                  "sigmoid and the scaling), which the SE paper's 3.87 counts: 3.8605 G dense alone")
+
+
+# counts a model's MACs at 224x224; the flag adds the attention modules' element-wise work (see complexity_macs)
+MacsCounter = Callable[[Any, bool], int]
+
+
+class Measured(TypedDict):
+    """What the harness counts for one model: its parameters, and its MACs where they were counted."""
+
+    params: float
+    macs: float | None
 
 
 @dataclass(frozen=True)
@@ -127,7 +138,7 @@ def count_params(model: Any) -> int:
     return sum({id(p): p.numel() for p in model.parameters()}.values())
 
 
-def measure(entry: Published, macs: Callable[[Any, bool], int] | None) -> dict[str, float | None]:
+def measure(entry: Published, macs: MacsCounter | None) -> Measured:
     """Measured params (and MACs when the entry publishes them and `macs` is given) of one entry's model."""
     model = entry.build()
     return {"params": count_params(model),
@@ -146,7 +157,7 @@ def complexity_macs(model: Any, attention_elementwise: bool = False) -> int:
     return result.macs + extra
 
 
-def compare(entry: Published, measured: dict[str, float | None]) -> dict[str, Any]:
+def compare(entry: Published, measured: Measured) -> dict[str, Any]:
     """One reproduction row: measured beside published, the difference, and whether they agree."""
     row: dict[str, Any] = {"model": entry.model}
     if entry.params is not None:
@@ -154,24 +165,26 @@ def compare(entry: Published, measured: dict[str, float | None]) -> dict[str, An
         row.update({"params": f"{measured['params']:,.0f}", "published params": published,
                     "Δ params": difference(measured["params"], entry.params, 1e6),
                     "params ok": "✓" if agrees(measured["params"], entry.params, 1e6) else "✗"})
-    if entry.macs_g is not None and measured.get("macs") is not None:
-        row.update({"MACs (G)": f"{measured['macs'] / 1e9:.4f}", "published MACs (G)": entry.macs_g,
-                    "Δ MACs": difference(measured["macs"], entry.macs_g, 1e9),
-                    "MACs ok": "✓" if rounds_to(measured["macs"], entry.macs_g, 1e9) else "✗"})
+    macs = measured["macs"]
+    if entry.macs_g is not None and macs is not None:
+        row.update({"MACs (G)": f"{macs / 1e9:.4f}", "published MACs (G)": entry.macs_g,
+                    "Δ MACs": difference(macs, entry.macs_g, 1e9),
+                    "MACs ok": "✓" if rounds_to(macs, entry.macs_g, 1e9) else "✗"})
     row["source"] = entry.source
     return row
 
 
-def reproduce(entries: tuple[Published, ...] = PUBLISHED, macs: Callable[[Any], int] | None = complexity_macs) -> pd.DataFrame:
+def reproduce(entries: tuple[Published, ...] = PUBLISHED, macs: MacsCounter | None = complexity_macs) -> pd.DataFrame:
     """Build every entry's model, measure it, and put it beside the published figures (differences use `minus`)."""
-    measured: dict[str, dict[str, float | None]] = {}
+    measured: dict[str, Measured] = {}
     rows = []
     for entry in entries:
-        measured[entry.model] = measure(entry, macs)
-        values = dict(measured[entry.model])
+        measured[entry.model] = values = measure(entry, macs)
         if entry.minus is not None:
             reference = measured.get(entry.minus) or measure(next(e for e in entries if e.model == entry.minus), macs)
-            values = {k: None if v is None or reference[k] is None else v - reference[k] for k, v in values.items()}
+            mine, theirs = values["macs"], reference["macs"]
+            values = {"params": values["params"] - reference["params"],
+                      "macs": None if mine is None or theirs is None else mine - theirs}
         rows.append(compare(entry, values))
     return pd.DataFrame(rows).fillna("")
 
@@ -193,10 +206,10 @@ def published_matches(frame: pd.DataFrame, entries: tuple[Published, ...] = PUBL
                               "hyperparameters": row.get("point_hyperparameters") or {},
                               "stages": row["stages"], "position": row["position"],
                               "input_size": row["input_size"], "num_classes": row["num_classes"]})
-        if (entry := by_key.get(identity)) is not None:
+        if (match := by_key.get(identity)) is not None:
             macs = row.get("macs")
             per_image = None if macs is None or pd.isna(macs) else float(macs) / int(row["batch_size"])
-            rows.append(compare(entry, {"params": float(row["params"]), "macs": per_image}))
+            rows.append(compare(match, {"params": float(row["params"]), "macs": per_image}))
     return pd.DataFrame(rows).fillna("") if rows else pd.DataFrame()
 
 

@@ -11,7 +11,7 @@ import json
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, SupportsInt, cast
 
 import pandas as pd
 
@@ -58,7 +58,9 @@ def seed_ids(row: pd.Series, n: int) -> list[Any] | None:
         if listed is not None:
             return listed if len(listed) == n else None
     count = row.get("seeds")
-    if isinstance(count, numbers.Real) and not isinstance(count, bool) and math.isfinite(count) and int(count) == n:
+    # every Real a row holds (int, float, a numpy number) has __int__, which the ABC does not declare
+    if (isinstance(count, numbers.Real) and not isinstance(count, bool) and math.isfinite(count)
+            and int(cast(SupportsInt, count)) == n):
         return list(range(n))
     return None
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from attnbench.report.significance import add_top1_tests, interval_text, latency
 BATCH_USED = {"latency_median_ms": "batch_size_used", "memory_train_peak_bytes": "memory_batch_size_used"}
 
 
-def points_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+def points_frame(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """All rows as a DataFrame with deltas (absolute and %) against each group's `none` baseline."""
     frame = pd.DataFrame(rows)
     if frame.empty:
@@ -193,11 +193,11 @@ def write_report(rows: list[dict[str, Any]], out_dir: Path, study: str, source: 
     if pareto:
         lines += _markdown_section("Pareto front", f"![Pareto plot]({pareto[0].name})")
     if ablations:
-        figures = "\n\n".join(f"![{p.stem}]({p.name})" for p in ablations if p.suffix == ".png")
+        gallery = "\n\n".join(f"![{p.stem}]({p.name})" for p in ablations if p.suffix == ".png")
         lines += _markdown_section("Ablations", "Each figure follows one hyperparameter (or placement) with the "
                                    "others fixed. Params and MACs are what the module adds over the baseline of the "
                                    "same backbone; other metrics are as measured, the baseline dashed; error bars: "
-                                   "top-1 std over seeds, half the latency IQR.\n\n" + figures)
+                                   "top-1 std over seeds, half the latency IQR.\n\n" + gallery)
     matches = published_matches(frame)
     if not matches.empty:
         lines += _markdown_section("Published figures", matches.to_markdown(index=False, disable_numparse=True)
