@@ -15,7 +15,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -34,7 +34,13 @@ from attnbench.store.storage import ask, open_storage, retry_callback, store_err
 from attnbench.store.study import attach_point, fail_trial, own_trial, trial_point_key
 from attnbench.store.workers import DIED, POLL_SECONDS, interrupted_here, keep_alive, reap, recover
 
-Run = Callable[[Point, RunOptions, EpochCallback | None], dict[str, Any]]
+
+class Run(Protocol):
+    """Measures one point, as run_point does; the search passes `options` and `on_epoch` by name."""
+
+    def __call__(self, point: Point, options: RunOptions, on_epoch: EpochCallback | None) -> dict[str, Any]: ...
+
+
 OUTCOMES = ("completed", "pruned", "failed", "reused")
 
 
@@ -149,8 +155,9 @@ def _search_here(setup: SearchSetup, storage: str, options: RunOptions, target: 
         interrupted_here(study, interruption)
         raise
     bar.close()
-    return SearchSummary(setup.study, sum(counts[o] for o in OUTCOMES), *(counts[o] for o in OUTCOMES),
-                         counts["retried"], finished, time.perf_counter() - started)
+    outcomes = {outcome: counts[outcome] for outcome in OUTCOMES}
+    return SearchSummary(setup.study, ran=sum(outcomes.values()), **outcomes, retried=counts["retried"],
+                         finished=finished, seconds=time.perf_counter() - started)
 
 
 def tally(study: optuna.Study) -> tuple[int, int, int]:

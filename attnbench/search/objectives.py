@@ -14,7 +14,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 
@@ -22,6 +22,8 @@ from attnbench.core.errors import ConfigError
 from attnbench.modules.hparams import as_float
 from attnbench.run.columns import Column
 from attnbench.run.measurements import complexity, latency, memory, training
+
+Direction = Literal["minimize", "maximize"]  # Optuna's
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class Metric:
         return self.source.key
 
     @property
-    def direction(self) -> str:
+    def direction(self) -> Direction:
         """Optuna's direction: "minimize" or "maximize"."""
         return "maximize" if self.source.better == "higher" else "minimize"
 

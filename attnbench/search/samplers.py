@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import optuna
 from optuna.pruners import BasePruner, MedianPruner, NopPruner, SuccessiveHalvingPruner
@@ -37,6 +37,19 @@ PRUNER_OPTIONS = {
     "halving": {"min_epochs": "min_resource", "reduction_factor": "reduction_factor"},
 }
 MINIMUM = {"n_warmup_steps": 0, "population_size": 2, "reduction_factor": 2}  # others: at least 1
+
+
+# the keywords SAMPLER_OPTIONS can give each sampler class, for the type checker
+class _TPEOptions(TypedDict, total=False):
+    n_startup_trials: int
+
+
+class _NSGAIIOptions(TypedDict, total=False):
+    population_size: int
+
+
+class _CmaEsOptions(TypedDict, total=False):
+    n_startup_trials: int
 
 
 @dataclass(frozen=True)
@@ -72,11 +85,12 @@ def make_sampler(choice: Algorithm, seed: int | None) -> BaseSampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if choice.name == "tpe":
-            return TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True, **choice.options)
+            options = cast(_TPEOptions, choice.options)
+            return TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True, **options)
         if choice.name == "nsga2":
-            return NSGAIISampler(seed=seed, **choice.options)
+            return NSGAIISampler(seed=seed, **cast(_NSGAIIOptions, choice.options))
         if choice.name == "cmaes":
-            return CmaEsSampler(seed=seed, warn_independent_sampling=False, **choice.options)
+            return CmaEsSampler(seed=seed, warn_independent_sampling=False, **cast(_CmaEsOptions, choice.options))
         return RandomSampler(seed=seed)
 
 

@@ -25,7 +25,7 @@ from attnbench.core.checks import check_int
 from attnbench.core.errors import ConfigError, check_keys
 from attnbench.core.paths import check_study_name
 from attnbench.run.runner import parse_options
-from attnbench.search.objectives import METRICS, Metric, parse_budgets, parse_objectives
+from attnbench.search.objectives import METRICS, Direction, Metric, parse_budgets, parse_objectives
 from attnbench.search.samplers import Algorithm, parse_pruner, parse_sampler
 from attnbench.search.space import Base, SearchSpace, parse_space
 
@@ -48,7 +48,7 @@ class SearchSetup:
     custom_backbones: tuple = ()  # the ablation's user backbones: unpickled in a --workers child, they register there
 
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[Direction]:
         """Optuna's direction of each objective."""
         return [m.direction for m in self.objectives]
 

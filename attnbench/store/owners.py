@@ -13,7 +13,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 LEASE_SECONDS = 120.0  # a trial on a store without heartbeats is dead this long after its last renewal
 LEASE_RENEW_SECONDS = 20.0  # how often its owner renews the lease
@@ -47,9 +47,9 @@ def owner_record() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": pid, "start": _process_start(pid)}
 
 
-def on_this_host(owner: dict[str, Any] | None) -> bool:
+def on_this_host(owner: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
     """Whether an owner record names this host."""
-    return bool(owner) and owner.get("host") == socket.gethostname()
+    return owner is not None and owner.get("host") == socket.gethostname()
 
 
 def process_alive(pid: int, start: str | None = None) -> bool:

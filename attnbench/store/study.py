@@ -79,8 +79,8 @@ def trial_point_key(trial: FrozenTrial | optuna.Trial) -> str | None:
 
 def done_keys(study: optuna.Study) -> set[str]:
     """Keys of points with a completed trial."""
-    keys = {trial_point_key(t) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    return keys - {None}
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return {key for trial in trials if (key := trial_point_key(trial)) is not None}
 
 
 def start_trial(study: optuna.Study, point: Point) -> optuna.Trial:
@@ -128,7 +128,7 @@ def fail_trial(study: optuna.Study, trial: optuna.Trial, error: BaseException | 
 def trial_rows(study: optuna.Study,
                states: Iterable[TrialState] = (TrialState.COMPLETE, TrialState.FAIL)) -> list[dict[str, Any]]:
     """One flat row per trial: point fields, measurements, state and error; latest trial per point wins."""
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[str | None, dict[str, Any]] = {}  # None: a stored point this version cannot rebuild, without its key
     for trial in sorted(study.get_trials(deepcopy=False, states=tuple(states)), key=lambda t: t.number):
         if "point" not in trial.user_attrs:
             continue

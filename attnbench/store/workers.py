@@ -17,6 +17,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Protocol, cast
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -39,6 +40,14 @@ DIED = "interrupted: the process running it died"
 Reaped = Callable[[optuna.Study, FrozenTrial], None]
 
 
+class _HeartbeatStorage(Protocol):
+    """What SQL storages add to Optuna's BaseStorage (optuna.storages._heartbeat.BaseHeartbeat)."""
+
+    def get_heartbeat_interval(self) -> int | None: ...
+
+    def record_heartbeat(self, trial_id: int) -> None: ...
+
+
 def heartbeat_interval(study: optuna.Study) -> int | None:
     """Seconds between heartbeats of the study's storage, or None where it keeps none (journal)."""
     storage = study._storage
@@ -54,7 +63,7 @@ def keep_alive(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
         if interval is None:
             study._storage.set_trial_user_attr(trial._trial_id, LEASE, time.time() + LEASE_SECONDS)
         else:
-            study._storage.record_heartbeat(trial._trial_id)
+            cast(_HeartbeatStorage, study._storage).record_heartbeat(trial._trial_id)  # it has an interval
 
     # The first renewal is written before the work starts: a trial without any never counts as stale.
     renew()
