@@ -165,7 +165,7 @@ def compare(entry: Published, measured: Measured) -> dict[str, Any]:
         row.update({"params": f"{measured['params']:,.0f}", "published params": published,
                     "Δ params": difference(measured["params"], entry.params, 1e6),
                     "params ok": "✓" if agrees(measured["params"], entry.params, 1e6) else "✗"})
-    macs = measured["macs"]
+    macs = measured.get("macs")
     if entry.macs_g is not None and macs is not None:
         row.update({"MACs (G)": f"{macs / 1e9:.4f}", "published MACs (G)": entry.macs_g,
                     "Δ MACs": difference(macs, entry.macs_g, 1e9),
