@@ -82,13 +82,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="bench.py --workers (default 1, the default command)")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; grid {args.grid}")
+    if args.keep is not None and args.keep.exists():
+        raise SystemExit(f"--keep {args.keep}: exists already (the grid must start from a fresh store)")
     ratios = []
     for round_ in range(1, args.rounds + 1):
         reference, counted, skipped = bare_fvcore(args.grid)
         with tempfile.TemporaryDirectory(prefix="grid_speed_") as folder:
-            results = args.keep if args.keep is not None else Path(folder) / "results"
-            if args.keep is not None and results.exists():
-                raise SystemExit(f"--keep {results}: exists already (the grid must start from a fresh store)")
+            last = round_ == args.rounds
+            results = args.keep if args.keep is not None and last else Path(folder) / "results"
             seconds, summary = grid_command(args.grid, results, args.workers)
         ratios.append(seconds / reference)
         print(f"round {round_}: bare fvcore over {counted} prebuilt models ({skipped} could not be counted): "
