@@ -272,6 +272,10 @@ def test_default_summary_takes_each_module_at_paper_defaults() -> None:
     lines = sum(1 + len(modules) for _, _, modules in groups) + len(groups)  # a title, the baseline, the modules
     assert r"\multicolumn{3}{l}{\textit{ResNet-50}} \\" in tex
     assert tex.count(r"\begin{table}") == math.ceil(lines / MAX_ROWS)  # one float while it fits a page
+    floats = tex.split(r"\begin{table}")[1:]
+    if len(floats) > 1:  # the default grid's 30 modules in two backbones take two
+        assert "continued" not in floats[0] and f"(part 1 of {len(floats)})" in floats[0]
+        assert all(f"(continued, part {n} of {len(floats)})" in f for n, f in enumerate(floats[1:], start=2))
 
 
 def test_search_rows_without_defaults_or_seeds_still_report(reports: dict[str, Path]) -> None:

@@ -261,7 +261,9 @@ def summary_tex(frame: pd.DataFrame, study: str = "") -> str:
         note += rf" Latency: paired timing; ${STAR}$: its interval excludes zero."
     title = titles[groups[0][0]] if len(groups) == 1 else "modules at paper defaults"
     for number, body in enumerate(floats):
-        continued = f" (continued, {number + 1} of {len(floats)})" if len(floats) > 1 else ""
+        # the first float of several says how many there are; only the later ones are continuations
+        continued = "" if len(floats) == 1 else (f" (part 1 of {len(floats)})" if number == 0 else
+                                                 f" (continued, part {number + 1} of {len(floats)})")
         caption = rf"Study \texttt{{{escape(study)}}}, summary: {escape(title)}{continued}."
         label = f"tab:{slug(study)}-summary" + (f"-{number + 1}" if len(floats) > 1 else "")
         lines += [""] + table_float(spec, header, body, caption, label, note, font_size(len(header) - 1))
