@@ -180,6 +180,22 @@ def waiting_for(trials: Sequence[FrozenTrial]) -> str:
     return f"waiting for {len(trials)} point{'s' * (len(trials) != 1)} other workers run: {shown}{more}"
 
 
+def _wait_for_others(trials: Sequence[FrozenTrial], keys: set[str], told: str, poll: float,
+                     on_wait: Callable[[str], None] | None) -> str | None:
+    """Nothing left to claim: wait one `poll` while other workers run some of `keys`, saying so when that changes.
+
+    Returns what was told (the next call's `told`), or None when no other worker runs any of them (all done).
+    """
+    others = [t for t in trials if t.state == TrialState.RUNNING and trial_point_key(t) in keys]
+    if not others:
+        return None
+    message = waiting_for(others)
+    if on_wait is not None and message.split(":")[0] != told.split(":")[0]:
+        on_wait(message)
+    time.sleep(poll)
+    return message
+
+
 def grid_claims(study: optuna.Study, points: Sequence[Point], since: int, poll: float = POLL_SECONDS,
                 on_wait: Callable[[str], None] | None = None) -> Iterator[tuple[Point, optuna.Trial]]:
     """Claimed (point, trial) pairs until every point is held; waits while others still run some of them.
@@ -194,14 +210,10 @@ def grid_claims(study: optuna.Study, points: Sequence[Point], since: int, poll: 
         held = {trial_point_key(t) for t in trials if holds_point(t, since)}
         todo = [p for p in points if p.key not in held]
         if not todo:
-            others = [t for t in trials if t.state == TrialState.RUNNING and trial_point_key(t) in keys]
-            if not others:
+            waited = _wait_for_others(trials, keys, told, poll, on_wait)  # stay to take over if one of them dies
+            if waited is None:
                 return
-            message = waiting_for(others)
-            if on_wait is not None and message.split(":")[0] != told.split(":")[0]:
-                on_wait(message)
-            told = message
-            time.sleep(poll)  # another worker runs the last points; stay to take over if it dies
+            told = waited
             continue
         trial = claim(study, todo[0], since)
         if trial is None:
@@ -232,14 +244,10 @@ def group_claims(study: optuna.Study, groups: Sequence[Sequence[Point]], since: 
         todo = [[p for p in group if p.key not in held] for group in groups if not any(p.key in running for p in group)]
         todo = [group for group in todo if group]
         if not todo:
-            others = [t for t in trials if t.state == TrialState.RUNNING and trial_point_key(t) in keys]
-            if not others:
+            waited = _wait_for_others(trials, keys, told, poll, on_wait)  # stay to take over if one of them dies
+            if waited is None:
                 return
-            message = waiting_for(others)
-            if on_wait is not None and message.split(":")[0] != told.split(":")[0]:
-                on_wait(message)
-            told = message
-            time.sleep(poll)  # another worker runs a group; stay to take over if it dies
+            told = waited
             continue
         claimed: list[tuple[Point, optuna.Trial]] = []
         for point in todo[0]:
