@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from attnbench.core.errors import ConfigError
+from attnbench.core.modes import eval_mode
 from attnbench.measure.shapes_only import ValueWatch, shape_kernels
 from attnbench.modules.slots import attention_slots
 
@@ -238,36 +239,43 @@ def count_shapes_only(model: nn.Module, input_shape: tuple[int, ...]) -> Complex
 def _measure(model: nn.Module, input_shape: tuple[int, ...], *, cross_check: bool,
              shapes_only: bool) -> ComplexityResult | None:
     """measure_complexity's counts; None when a shapes-only trace cannot vouch for them."""
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    watch = ValueWatch()
-    checked: int | None = None
-    try:
-        with torch.no_grad():
-            x = _random_input(model, input_shape)
-            if shapes_only:
-                graphs: list[Any] = []
-                try:
-                    with shape_kernels():
-                        with watch.reads_caught():
-                            analysis = _Analysis(model, (x,), graphs)
-                            total = analysis.by_operator()
-                        # FlopCounterMode dispatches above the CPU kernels: the shapes serve it too
-                        checked = flop_counter_flops(model, x, on_meta=False)
-                except Exception:  # a kernel the shapes cannot stand in for: count the ordinary way
-                    return None
-                for graph in graphs:
-                    watch.check_graph(graph)
-                if not watch.exact:
-                    return None
-            else:
-                analysis = _Analysis(model, (x,))
-                total = analysis.by_operator()
-                checked = flop_counter_flops(model, x) if cross_check else None
-    finally:
-        for module, training in modes.items():
-            module.training = training
+    with eval_mode(model), torch.no_grad():
+        x = _random_input(model, input_shape)
+        traced = _shapes_only_trace(model, x) if shapes_only else _trace(model, x, cross_check)
+    if traced is None:
+        return None
+    analysis, total, checked = traced
+    return _result(model, input_shape, analysis, total, checked, shapes_only)
 
+
+def _trace(model: nn.Module, x: Tensor, cross_check: bool) -> tuple[_Analysis, Counter, int | None]:
+    """fvcore's counts from a real forward, and FlopCounterMode's (on meta copies) when cross-checking."""
+    analysis = _Analysis(model, (x,))
+    total = analysis.by_operator()
+    return analysis, total, flop_counter_flops(model, x) if cross_check else None
+
+
+def _shapes_only_trace(model: nn.Module, x: Tensor) -> tuple[_Analysis, Counter, int | None] | None:
+    """Both counts from one trace whose heavy kernels only make shapes; None where values could have shaped it."""
+    watch = ValueWatch()
+    graphs: list[Any] = []
+    try:
+        with shape_kernels():
+            with watch.reads_caught():
+                analysis = _Analysis(model, (x,), graphs)
+                total = analysis.by_operator()
+            # FlopCounterMode dispatches above the CPU kernels: the shapes serve it too
+            checked = flop_counter_flops(model, x, on_meta=False)
+    except Exception:  # a kernel the shapes cannot stand in for: count the ordinary way
+        return None
+    for graph in graphs:
+        watch.check_graph(graph)
+    return (analysis, total, checked) if watch.exact else None
+
+
+def _result(model: nn.Module, input_shape: tuple[int, ...], analysis: _Analysis, total: Counter, checked: int | None,
+            shapes_only: bool) -> ComplexityResult | None:
+    """The result of one trace's counts; None where a shapes-only trace disagrees with FlopCounterMode."""
     macs_by_op, elementwise_by_op = _split(total)
     macs, elementwise_flops = sum(macs_by_op.values()), sum(elementwise_by_op.values())
     if shapes_only and checked != 2 * macs:
