@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 import warnings
 from typing import Any
+from urllib.parse import urlsplit
 
 import optuna
 import sqlalchemy.exc
@@ -56,8 +57,6 @@ def _create(url: str, engine_kwargs: dict[str, Any], retry_stale: bool) -> RDBSt
 
 def check_port(url: str, shown: str) -> None:
     """ConfigError unless the URL's port, if any, is a number in 1-65535 (urlsplit checks it only when read)."""
-    from urllib.parse import urlsplit
-
     try:
         urlsplit(url).port  # noqa: B018
     except ValueError:
